@@ -1,0 +1,61 @@
+"""flexsn_core: compile a spiking-neuron core into portable multi-step Triton kernels.
+
+Public API (everything else is internal and may change)::
+
+    from flexsn_core import FlexSN, KernelSpec, build_artifacts, counters
+"""
+
+from __future__ import annotations
+
+from .artifacts import DEFAULT_TARGETS, Artifact, build_artifacts
+from .codegen.kernels import KINDS, FlexSNInfo
+from .compile import DEFAULT_CONFIGS, KernelConfig
+from .counters import counters, reset_counters
+from .errors import (
+    ArtifactError,
+    AuthError,
+    BuildFailedError,
+    CacheUnavailableError,
+    CompileError,
+    CoreCaptureError,
+    CoreError,
+    CoreReturnTypeError,
+    CoreSignatureError,
+    CoreSourceError,
+    CoreTraceError,
+    FlexSNError,
+    IntegrityError,
+    UnsupportedOpError,
+)
+from .module import FlexSN
+from .runtime import KernelSet
+from .spec import KernelSpec
+
+__all__ = [
+    "FlexSN",
+    "KernelSpec",
+    "KernelSet",
+    "KernelConfig",
+    "FlexSNInfo",
+    "Artifact",
+    "build_artifacts",
+    "counters",
+    "reset_counters",
+    "KINDS",
+    "DEFAULT_TARGETS",
+    "DEFAULT_CONFIGS",
+    "FlexSNError",
+    "CoreError",
+    "CoreSourceError",
+    "CoreCaptureError",
+    "CoreSignatureError",
+    "CoreReturnTypeError",
+    "CoreTraceError",
+    "UnsupportedOpError",
+    "CompileError",
+    "ArtifactError",
+    "IntegrityError",
+    "CacheUnavailableError",
+    "AuthError",
+    "BuildFailedError",
+]

@@ -1,0 +1,1 @@
+CODEGEN_VERSION = "1"

@@ -1,0 +1,180 @@
+"""Artifacts: a spec's kernels as JSON metadata plus content-addressed blobs.
+
+``build_artifacts`` traces the core, generates the kernel module, and compiles
+every kind for every (config, target). The result is a manifest (plain JSON)
+and the blobs it names by sha256: the generated source and one binary per
+kind x config x target. Nothing in a manifest is executable; a GPU process
+loads binaries, an interpreter process regenerates the source itself and
+checks it against ``manifest["source"]["sha256"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._version import CODEGEN_VERSION
+from .codegen.kernels import KINDS, GeneratedKernels, generate_kernels
+from .compile import DEFAULT_CONFIGS, KernelConfig, compile_kernel, parse_target
+from .errors import ArtifactError, IntegrityError
+from .spec import KernelSpec, triton_version
+from .trace import trace_core
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "DEFAULT_TARGETS",
+    "Artifact",
+    "build_artifacts",
+    "generate",
+    "sha256_hex",
+    "validate_manifest",
+]
+
+MANIFEST_FORMAT = 1
+DEFAULT_TARGETS: tuple[str, ...] = ("cuda:80", "cuda:90")
+
+Progress = Callable[[str, int, int], None]
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Artifact:
+    """A manifest and the blobs it names."""
+
+    manifest: dict[str, Any]
+    blobs: dict[str, bytes]
+
+    @property
+    def key(self) -> str:
+        return str(self.manifest["key"])
+
+    def verify(self) -> None:
+        """Raise IntegrityError if a blob does not match its name or one is missing."""
+        for sha, data in self.blobs.items():
+            if sha256_hex(data) != sha:
+                raise IntegrityError(f"blob {sha[:16]}… does not match its sha256")
+        missing = set(referenced_blobs(self.manifest)) - set(self.blobs)
+        if missing:
+            raise ArtifactError(f"manifest names {len(missing)} blob(s) that are missing")
+
+
+def referenced_blobs(manifest: dict[str, Any]) -> list[str]:
+    shas = [manifest["source"]["sha256"]]
+    shas.extend(b["sha256"] for b in manifest.get("binaries", []))
+    return shas
+
+
+def generate(spec: KernelSpec) -> GeneratedKernels:
+    """Trace ``spec`` and generate its kernel module (no compilation)."""
+    return generate_kernels(trace_core(spec))
+
+
+def _manifest_head(spec: KernelSpec, gen: GeneratedKernels) -> dict[str, Any]:
+    plan = None
+    if gen.plan is not None:
+        plan = {
+            "loads": [vars(v) for v in gen.plan.loads],
+            "recompute": list(gen.plan.recompute),
+            "needs_state_seqs": gen.plan.needs_state_seqs,
+            "bytes_per_step": gen.plan.bytes_per_step,
+        }
+    return {
+        "format": MANIFEST_FORMAT,
+        "key": spec.key,
+        "spec": spec.to_dict(),
+        "codegen_version": CODEGEN_VERSION,
+        "triton_version": triton_version(),
+        "source": {"sha256": gen.sha256, "size": len(gen.source.encode())},
+        "infos": {path: info._asdict() for path, info in gen.infos.items()},
+        "plan": plan,
+        "differentiable_returns": list(gen.differentiable_returns),
+        "kernels": {
+            kind: {"name": kdef.name, "params": [list(p) for p in kdef.params]}
+            for kind, kdef in gen.kernels.items()
+        },
+        "binaries": [],
+        "tuning": {},
+    }
+
+
+def build_artifacts(
+    spec: KernelSpec,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    configs: Iterable[KernelConfig] | None = None,
+    *,
+    progress: Progress | None = None,
+    generated: GeneratedKernels | None = None,
+) -> Artifact:
+    """Build every kernel kind of ``spec`` for every config and target.
+
+    Runs on a machine without a GPU. ``progress(stage, done, total)`` is called
+    after tracing and after each compiled binary.
+    """
+    for target in targets:
+        parse_target(target)
+    configs = tuple(configs or DEFAULT_CONFIGS)
+    if not configs:
+        raise ValueError("configs must not be empty")
+    started = time.perf_counter()
+    gen = generated or generate(spec)
+    manifest = _manifest_head(spec, gen)
+    blobs: dict[str, bytes] = {gen.sha256: gen.source.encode()}
+    jobs = [(kind, config, target) for target in targets for kind in gen.kernels for config in configs]
+    if progress:
+        progress("traced", 0, len(jobs))
+    for done, (kind, config, target) in enumerate(jobs, start=1):
+        binary = compile_kernel(gen, kind, config, target)
+        blobs[binary.sha256] = binary.binary
+        manifest["binaries"].append(
+            {
+                "kind": kind,
+                "target": target,
+                "config": config.to_dict(),
+                "config_id": config.id,
+                "sha256": binary.sha256,
+                "size": len(binary.binary),
+                "launch": binary.launch,
+                "triton_metadata": binary.triton_metadata,
+            }
+        )
+        if progress:
+            progress("compiled", done, len(jobs))
+    manifest["build_seconds"] = round(time.perf_counter() - started, 3)
+    validate_manifest(manifest)
+    return Artifact(manifest=manifest, blobs=blobs)
+
+
+def validate_manifest(manifest: dict[str, Any]) -> None:
+    """Check the structure a loader relies on; raise ArtifactError if it is off."""
+    try:
+        if manifest["format"] != MANIFEST_FORMAT:
+            raise ArtifactError(
+                f"manifest format {manifest['format']} is not supported (expected {MANIFEST_FORMAT})"
+            )
+        KernelSpec.from_dict(manifest["spec"])
+        kinds = manifest["kernels"]
+        for kind in ("inference", "inference_final"):
+            if kind not in kinds:
+                raise ArtifactError(f"manifest has no {kind!r} kernel")
+        if ("forward" in kinds) != ("backward" in kinds):
+            raise ArtifactError("manifest must have both training kernels or neither")
+        for kind in kinds:
+            if kind not in KINDS:
+                raise ArtifactError(f"unknown kernel kind {kind!r} in manifest")
+        for b in manifest["binaries"]:
+            if b["kind"] not in kinds:
+                raise ArtifactError(f"binary for unknown kind {b['kind']!r}")
+            parse_target(b["target"])
+            KernelConfig.from_dict(b["config"])
+            if len(b["sha256"]) != 64:
+                raise ArtifactError("binary sha256 must be 64 hex digits")
+    except ArtifactError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"malformed manifest: {type(exc).__name__}: {exc}") from exc

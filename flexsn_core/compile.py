@@ -1,0 +1,205 @@
+"""Compile generated kernels to GPU binaries for an explicit target.
+
+``triton.compile`` with an explicit ``GPUTarget`` needs no GPU, so a CPU
+machine can produce cubins for ``cuda:80`` and ``cuda:90``. The generated
+module is written to a file named by its sha256 (Triton's JIT reads source
+through ``inspect``) and imported once per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import threading
+import types
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import counters
+from .codegen.kernels import GeneratedKernels, KernelDef
+from .errors import CompileError
+
+__all__ = [
+    "KernelConfig",
+    "DEFAULT_CONFIGS",
+    "CompiledBinary",
+    "compile_kernel",
+    "load_generated_module",
+    "parse_target",
+    "cache_dir",
+]
+
+
+def cache_dir() -> Path:
+    """Local folder for generated modules and mirrored artifacts (``FLEXSN_CACHE_DIR``)."""
+    root = os.environ.get("FLEXSN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "flexsn"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Launch configuration of one binary.
+
+    ``aligned`` binaries assume every pointer is 16-byte aligned and ``N`` is a
+    multiple of 16, which lets Triton emit vector loads; the runtime picks them
+    only when the call satisfies both.
+    """
+
+    block: int = 1024
+    num_warps: int = 4
+    num_stages: int = 1
+    aligned: bool = True
+
+    @property
+    def id(self) -> str:
+        return f"b{self.block}-w{self.num_warps}-s{self.num_stages}-{'a16' if self.aligned else 'u'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KernelConfig:
+        return cls(**data)
+
+
+def _configs(*shapes: tuple[int, int, int]) -> tuple[KernelConfig, ...]:
+    return tuple(
+        KernelConfig(block, warps, stages, aligned)
+        for block, warps, stages in shapes
+        for aligned in (True, False)
+    )
+
+
+#: Configs built by default: a small and a large block, each aligned and not.
+DEFAULT_CONFIGS: tuple[KernelConfig, ...] = _configs((512, 4, 1), (1024, 4, 1))
+
+
+def parse_target(target: str) -> tuple[str, int]:
+    backend, _, arch = target.partition(":")
+    if backend != "cuda" or not arch.isdigit():
+        raise ValueError(f"target must look like 'cuda:90', got {target!r}")
+    return backend, int(arch)
+
+
+_MODULE_LOCK = threading.Lock()
+
+
+def load_generated_module(gen: GeneratedKernels) -> types.ModuleType:
+    """Import the generated source as a module (written under the cache dir)."""
+    name = f"flexsn_generated_{gen.sha256[:24]}"
+    with _MODULE_LOCK:
+        module = sys.modules.get(name)
+        if module is not None:
+            return module
+        folder = cache_dir() / "generated"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.py"
+        data = gen.source.encode()
+        if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != gen.sha256:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+        return module
+
+
+@dataclass(frozen=True)
+class CompiledBinary:
+    kind: str
+    target: str
+    config: KernelConfig
+    binary: bytes
+    launch: dict[str, Any]  # what a launcher needs: name, num_warps, shared, ...
+    triton_metadata: dict[str, Any]  # Triton's own metadata (for Triton's launcher)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.binary).hexdigest()
+
+
+_LAUNCH_KEYS = (
+    "name",
+    "num_warps",
+    "num_ctas",
+    "shared",
+    "global_scratch_size",
+    "global_scratch_align",
+    "profile_scratch_size",
+    "profile_scratch_align",
+    "launch_cooperative_grid",
+    "launch_pdl",
+)
+
+
+def _signature(kdef: KernelDef) -> dict[str, str]:
+    return {name: ty for name, ty in kdef.params}
+
+
+def _attrs(kdef: KernelDef, aligned: bool) -> dict[tuple[int, ...], list[list[Any]]]:
+    if not aligned:
+        return {}
+    attrs: dict[tuple[int, ...], list[list[Any]]] = {}
+    for i, (name, ty) in enumerate(kdef.params):
+        if ty.startswith("*") or name == "N":
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return attrs
+
+
+def compile_kernel(gen: GeneratedKernels, kind: str, config: KernelConfig, target: str) -> CompiledBinary:
+    """Compile one kernel kind for one config and target (no GPU needed)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    kdef = gen.kernels[kind]
+    backend, arch = parse_target(target)
+    module = load_generated_module(gen)
+    fn = JITFunction(getattr(module, kdef.name))
+    src = ASTSource(
+        fn=fn,
+        signature=_signature(kdef),
+        constexprs={"BLOCK": config.block},
+        attrs=_attrs(kdef, config.aligned),
+    )
+    options = {
+        "num_warps": config.num_warps,
+        "num_stages": config.num_stages,
+        # PyTorch rounds after every op; a fused multiply-add would not.
+        "enable_fp_fusion": False,
+    }
+    try:
+        compiled = triton.compile(src, target=GPUTarget(backend, arch, 32), options=options)
+    except Exception as exc:
+        raise CompileError(
+            f"Triton failed to compile the {kind} kernel for {target} ({config.id}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    counters.bump("compiles")
+    meta = compiled.metadata._asdict()
+    meta["target"] = {"backend": backend, "arch": arch, "warp_size": 32}
+    meta.pop("extern_libs", None)  # local file paths; not needed to launch
+    meta = json.loads(json.dumps(meta, default=str))
+    launch = {key: meta[key] for key in _LAUNCH_KEYS}
+    return CompiledBinary(
+        kind=kind,
+        target=target,
+        config=config,
+        binary=bytes(compiled.asm["cubin"]),
+        launch=launch,
+        triton_metadata=meta,
+    )

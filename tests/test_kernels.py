@@ -1,0 +1,213 @@
+"""All four kernel kinds against plain PyTorch autograd, in Triton's interpreter.
+
+Every model x dtype x T in {1, 4, 17} on an odd element count checks outputs,
+final states, state sequences, and gradients of inputs, initial states and
+static inputs, through both training paths (with and without stored state
+sequences).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from neurons import MODELS, Model
+from reference import assert_close, run_reference
+
+from flexsn_core import KernelSpec
+from flexsn_core.artifacts import build_artifacts, generate
+from flexsn_core.runtime import (
+    KernelSet,
+    StaticArg,
+    run_backward,
+    run_forward,
+    run_inference,
+    run_inference_final,
+)
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SHAPE = (3, 13)  # 39 neurons: odd, not a multiple of the block
+N = 39
+
+
+def _spec(model: Model, dtype: torch.dtype) -> KernelSpec:
+    requires_grad = (True,) * (model.num_inputs + model.num_states) + (
+        model.static_grad or (False,) * len(model.statics)
+    )
+    return KernelSpec.from_core(
+        model.core,
+        model.num_inputs,
+        model.num_states,
+        model.num_outputs,
+        num_static=len(model.statics),
+        dtype=dtype,
+        requires_grad=requires_grad,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_set(name: str, dtype: torch.dtype) -> KernelSet:
+    spec = _spec(MODELS[name], dtype)
+    gen = generate(spec)
+    manifest = build_artifacts(spec, targets=(), generated=gen).manifest
+    return KernelSet(manifest, generated=gen)
+
+
+def _flat(xs):
+    return [x.reshape(x.shape[0], -1 if x.shape[0] else N).contiguous() for x in xs]
+
+
+def _case(name: str, dtype: torch.dtype, T: int, seed: int = 0):
+    model = MODELS[name]
+    ks = _kernel_set(name, dtype)
+    xs, inits, statics = model.make_inputs(T, SHAPE, dtype, seed=seed)
+    prepared = [StaticArg.prepare(s, torch.Size(SHAPE), dtype) for s in statics]
+    return model, ks, xs, inits, statics, prepared
+
+
+def _unflat(ts):
+    return [t.reshape(t.shape[0], *SHAPE) for t in ts]
+
+
+@pytest.mark.parametrize("T", [1, 4, 17])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_inference_kernels_match_pytorch(name: str, dtype: torch.dtype, T: int) -> None:
+    model, ks, xs, inits, statics, prepared = _case(name, dtype, T)
+    ref = run_reference(model.core, model.num_outputs, xs, inits, statics)
+    flat_inits = [s.reshape(-1) for s in inits]
+
+    outs, sseqs = run_inference(ks, _flat(xs), flat_inits, prepared)
+    for i, (a, e) in enumerate(zip(_unflat(outs), ref["outs"])):
+        assert_close(a, e, dtype, f"inference output {i}")
+    for j, (a, e) in enumerate(zip(_unflat(sseqs), ref["sseqs"])):
+        assert_close(a, e, dtype, f"inference state sequence {j}")
+
+    outs, finals = run_inference_final(ks, _flat(xs), flat_inits, prepared)
+    for i, (a, e) in enumerate(zip(_unflat(outs), ref["outs"])):
+        assert_close(a, e, dtype, f"final-state output {i}")
+    for j, (a, e) in enumerate(zip(finals, ref["finals"])):
+        assert_close(a.reshape(SHAPE), e, dtype, f"final state {j}")
+
+
+def _random_grads(model: Model, T: int, dtype: torch.dtype, with_seqs: bool):
+    g = torch.Generator().manual_seed(1234)
+    g_outs = [torch.randn((T, *SHAPE), generator=g).to(dtype) for _ in range(model.num_outputs)]
+    g_seqs = [
+        torch.randn((T, *SHAPE), generator=g).to(dtype) if with_seqs else None for _ in range(model.num_states)
+    ]
+    g_fins = [torch.randn(SHAPE, generator=g).to(dtype) for _ in range(model.num_states)]
+    return g_outs, g_seqs, g_fins
+
+
+@pytest.mark.parametrize("store_state_seqs", [True, False], ids=["state_seqs", "final_state"])
+@pytest.mark.parametrize("T", [1, 4, 17])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_training_kernels_match_autograd(name: str, dtype: torch.dtype, T: int, store_state_seqs: bool) -> None:
+    model, ks, xs, inits, statics, prepared = _case(name, dtype, T, seed=7)
+    assert ks.trainable
+    g_outs, g_seqs, g_fins = _random_grads(model, T, dtype, store_state_seqs)
+    ref = run_reference(model.core, model.num_outputs, xs, inits, statics, grads=(g_outs, g_seqs, g_fins))
+    flat_inits = [s.reshape(-1) for s in inits]
+
+    outs, sseqs, finals, extras = run_forward(ks, _flat(xs), flat_inits, prepared, store_state_seqs=store_state_seqs)
+    for i, (a, e) in enumerate(zip(_unflat(outs), ref["outs"])):
+        assert_close(a, e, dtype, f"training output {i}")
+    if store_state_seqs:
+        assert sseqs is not None
+        for j, (a, e) in enumerate(zip(_unflat(sseqs), ref["sseqs"])):
+            assert_close(a, e, dtype, f"training state sequence {j}")
+    for j, (a, e) in enumerate(zip(finals, ref["finals"])):
+        assert_close(a.reshape(SHAPE), e, dtype, f"training final state {j}")
+
+    g_in, g_init, g_st = run_backward(
+        ks,
+        _flat(xs),
+        flat_inits,
+        prepared,
+        outs,
+        sseqs,
+        extras,
+        _flat(g_outs),
+        [None if g is None else g.reshape(T, -1).contiguous() for g in g_seqs],
+        [g.reshape(-1) for g in g_fins],
+    )
+    # Gradients flow back through up to T steps of rounding: allow a little more.
+    scale = 4.0 if dtype != torch.float32 else 1.0
+    for i, (a, e) in enumerate(zip(g_in, ref["grad_inputs"])):
+        assert_close(a.reshape(T, *SHAPE), e, dtype, f"grad of input {i}", scale)
+    for j, (a, e) in enumerate(zip(g_init, ref["grad_inits"])):
+        assert_close(a.reshape(SHAPE), e, dtype, f"grad of initial state {j}", scale)
+    for c, (a, e) in enumerate(zip(g_st, ref["grad_statics"])):
+        if not model.static_grad[c]:
+            assert a is None
+            continue
+        # Summed over T steps and (for a scalar) over all neurons.
+        assert_close(a, e, dtype, f"grad of static input {c}", scale * 2)
+
+
+def test_zero_initial_states_need_no_tensor() -> None:
+    """A missing initial state is read as zeros inside the kernel (no zeros tensor)."""
+    model, ks, xs, inits, statics, prepared = _case("alif", torch.float32, 5)
+    zeros = [torch.zeros_like(s) for s in inits]
+    ref = run_reference(model.core, model.num_outputs, xs, zeros, statics)
+    outs, finals = run_inference_final(ks, _flat(xs), [None, None], prepared)
+    assert_close(_unflat(outs)[0], ref["outs"][0], torch.float32, "output with implicit zero states")
+    for j in range(2):
+        assert_close(finals[j].reshape(SHAPE), ref["finals"][j], torch.float32, f"final state {j}")
+
+
+def test_sequence_length_zero_launches_nothing() -> None:
+    _, ks, xs, inits, _, _ = _case("lif_hard", torch.float32, 0)
+    outs, finals = run_inference_final(ks, _flat(xs), [s.reshape(-1) for s in inits], [])
+    assert outs[0].shape == (0, N)
+    assert torch.equal(finals[0], inits[0].reshape(-1))
+
+
+def test_one_binary_serves_every_length_and_size() -> None:
+    """T and N are runtime arguments: the same kernel set handles new shapes."""
+    ks = _kernel_set("lif_hard", torch.float32)
+    model = MODELS["lif_hard"]
+    for T, shape in [(2, (5,)), (9, (4, 33)), (3, (1,))]:
+        xs, inits, _ = model.make_inputs(T, shape, torch.float32, seed=T)
+        ref = run_reference(model.core, 1, xs, inits, [])
+        outs, _ = run_inference(ks, _flat(xs), [s.reshape(-1) for s in inits], [])
+        assert torch.equal(outs[0].reshape(T, *shape), ref["outs"][0])
+
+
+def test_scalar_and_broadcast_static_inputs() -> None:
+    """Statics may be scalars, per-neuron, or anything broadcastable (e.g. per channel)."""
+    model = MODELS["plif"]
+    ks = _kernel_set("plif", torch.float32)
+    T = 6
+    xs, inits, _ = model.make_inputs(T, SHAPE, torch.float32)
+    for static in (torch.tensor(0.3), torch.randn(3, 1), torch.randn(13)):
+        ref = run_reference(
+            model.core, 1, xs, inits, [static],
+            grads=([torch.ones(T, *SHAPE)], [None], [torch.ones(SHAPE)]),
+        )
+        prepared = [StaticArg.prepare(static, torch.Size(SHAPE), torch.float32)]
+        outs, sseqs, finals, extras = run_forward(ks, _flat(xs), [inits[0].reshape(-1)], prepared)
+        assert_close(_unflat(outs)[0], ref["outs"][0], torch.float32, f"output, static {tuple(static.shape)}")
+        _, _, g_st = run_backward(
+            ks, _flat(xs), [inits[0].reshape(-1)], prepared, outs, sseqs, extras,
+            [torch.ones(T, N)], [None], [torch.ones(N)],
+        )
+        assert g_st[0].shape == static.shape
+        assert_close(g_st[0], ref["grad_statics"][0], torch.float32, f"static grad {tuple(static.shape)}", 2.0)
+
+
+def test_lif_backward_saves_one_tensor() -> None:
+    """The save plan stores only the pre-reset membrane potential for LIF."""
+    ks = _kernel_set("lif_hard", torch.float32)
+    plan = ks.manifest["plan"]
+    assert [v["kind"] for v in plan["loads"]] == ["extra"]
+    assert plan["bytes_per_step"] == 8
+    assert not plan["needs_state_seqs"]
+
+
+def test_non_differentiable_output_has_no_tangent() -> None:
+    ks = _kernel_set("hard_spike", torch.float32)
+    assert ks.differentiable_returns == (False, True)
