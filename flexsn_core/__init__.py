@@ -2,7 +2,7 @@
 
 Public API (everything else is internal and may change)::
 
-    from flexsn_core import FlexSN, KernelSpec, build_artifacts, counters
+    from flexsn_core import FlexSN, FlexSNKernel, KernelSpec, flex_sn_scan, counters
 """
 
 from __future__ import annotations
@@ -27,12 +27,19 @@ from .errors import (
     IntegrityError,
     UnsupportedOpError,
 )
-from .module import FlexSN
+from . import functional
+from .hop import flex_sn_scan
+from .memory import MemoryModule
+from .module import FlexSN, FlexSNKernel
 from .runtime import KernelSet
 from .spec import KernelSpec
 
 __all__ = [
     "FlexSN",
+    "FlexSNKernel",
+    "flex_sn_scan",
+    "functional",
+    "MemoryModule",
     "KernelSpec",
     "KernelSet",
     "KernelConfig",

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import counters
+from .counters import bump
 from .codegen.kernels import GeneratedKernels, KernelDef
 from .errors import CompileError
 
@@ -189,7 +189,7 @@ def compile_kernel(gen: GeneratedKernels, kind: str, config: KernelConfig, targe
             f"Triton failed to compile the {kind} kernel for {target} ({config.id}): "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    counters.bump("compiles")
+    bump("compiles")
     meta = compiled.metadata._asdict()
     meta["target"] = {"backend": backend, "arch": arch, "warp_size": 32}
     meta.pop("extern_libs", None)  # local file paths; not needed to launch

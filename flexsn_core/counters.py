@@ -3,7 +3,8 @@
 Tests and benchmarks read them to prove that a warm start did no work:
 ``traces`` (core traced into FX graphs), ``compiles`` (``triton.compile``
 calls), ``local_hits`` (artifacts found in the local mirror), ``remote_hits``
-and ``remote_misses`` (artifacts asked of the cache service).
+and ``remote_misses`` (artifacts asked of the cache service), ``autotunes``
+(size buckets benchmarked on a GPU).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections import Counter
 
 __all__ = ["counters", "reset_counters"]
 
-_NAMES = ("traces", "compiles", "local_hits", "remote_hits", "remote_misses")
+_NAMES = ("traces", "compiles", "local_hits", "remote_hits", "remote_misses", "autotunes")
 _lock = threading.Lock()
 _counts: Counter[str] = Counter({name: 0 for name in _NAMES})
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from . import counters
+from .counters import bump
 from .artifacts import Artifact, build_artifacts, generate, sha256_hex, validate_manifest
 from .compile import DEFAULT_CONFIGS, cache_dir
 from .errors import ArtifactError, IntegrityError
@@ -105,6 +105,18 @@ class LocalStore:
             raise ArtifactError(f"refusing to store a manifest whose {len(missing)} blob(s) are missing")
         _atomic_write(self._manifest_path(manifest["key"]), json.dumps(manifest, sort_keys=True).encode())
 
+    def record_tuning(self, key: str, decision: dict[str, Any]) -> None:
+        """Add one tuned choice to a stored manifest (first writer of a bucket wins)."""
+        manifest = self.get_manifest(key)
+        if manifest is None:
+            return
+        table = manifest.setdefault("tuning", {}).setdefault(decision["target"], {})
+        bucket = table.setdefault(decision["kind"], {}).setdefault(str(decision["bucket"]), {})
+        if decision["variant"] in bucket:
+            return
+        bucket[decision["variant"]] = decision["config_id"]
+        _atomic_write(self._manifest_path(key), json.dumps(manifest, sort_keys=True).encode())
+
     def put(self, artifact: Artifact) -> None:
         artifact.verify()
         for sha, data in artifact.blobs.items():
@@ -160,7 +172,7 @@ def kernels_for(spec: KernelSpec, device: torch.device, *, store: LocalStore | N
         target = mode
         manifest = store.get_manifest(spec.key)
         if manifest is not None and any(b["target"] == target for b in manifest["binaries"]):
-            counters.bump("local_hits")
+            bump("local_hits")
         else:
             artifact = build_artifacts(spec, targets=(target,), configs=DEFAULT_CONFIGS)
             for sha, data in artifact.blobs.items():
@@ -168,6 +180,7 @@ def kernels_for(spec: KernelSpec, device: torch.device, *, store: LocalStore | N
             manifest = artifact.manifest if manifest is None else merge_binaries(manifest, artifact.manifest)
             store.put_manifest(manifest)
         ks = KernelSet(manifest, fetch=store.get_blob)
+        ks.on_tuned = lambda decision, _store=store, _key=spec.key: _store.record_tuning(_key, decision)
     else:
         raise ArtifactError(f"FlexSN Triton kernels cannot run on {device.type} tensors")
     with _memo_lock:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .counters import bump
 from .codegen.kernels import GeneratedKernels
 from .compile import KernelConfig, load_generated_module
 from .errors import ArtifactError, IntegrityError
@@ -53,11 +54,21 @@ def size_bucket(numel: int) -> int:
     return len(BUCKET_BOUNDS)
 
 
+def _autotune_enabled() -> bool:
+    return os.environ.get("FLEXSN_AUTOTUNE", "1") not in ("", "0")
+
+
 def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def usable_configs(configs: Sequence[KernelConfig], aligned: bool) -> list[KernelConfig]:
+    """Configs that may run a call: aligned binaries only when the call is aligned."""
+    return [c for c in configs if aligned or not c.aligned]
+
+
 def _default_config_id(configs: Sequence[KernelConfig], aligned: bool) -> str:
+    """Without a tuned choice: the matching variant, block size closest to 1024."""
     pool = [c for c in configs if c.aligned == aligned] or list(configs)
     best = min(pool, key=lambda c: (abs(c.block - 1024), c.num_warps, c.num_stages))
     return best.id
@@ -107,6 +118,8 @@ class KernelSet:
         self._interp: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._dummy: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        #: called with each new tuning decision (to store or report it)
+        self.on_tuned: Callable[[dict[str, Any]], None] | None = None
 
     # ------------------------------------------------------------ queries
     @property
@@ -173,22 +186,74 @@ class KernelSet:
         aligned = n % 16 == 0 and all(
             a.data_ptr() % 16 == 0 for a in args if isinstance(a, torch.Tensor)
         )
-        config_id = self.tuned_config_id(target, kind, size_bucket(n), aligned)
+        bucket = size_bucket(n)
+        config_id = self.tuned_config_id(target, kind, bucket, aligned)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        ptr_args = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
         if config_id is None:
-            available = self.configs(kind, target)
-            if not available:
+            candidates = usable_configs(self.configs(kind, target), aligned)
+            if not candidates:
                 raise ArtifactError(
                     f"the artifact has no {kind} binary for {target}; ask the service to build "
                     f"this arch (FLEXSN_SERVICE_TARGETS) or build locally"
                 )
-            config_id = _default_config_id(available, aligned)
+            if _autotune_enabled() and len(candidates) > 1 and not torch.cuda.is_current_stream_capturing():
+                config_id = self._autotune(kind, target, bucket, aligned, candidates, params, index, n, ptr_args)
+            else:
+                config_id = _default_config_id(candidates, aligned)
         binary = self._binaries[(kind, target, config_id)]
-        index = device.index if device.index is not None else torch.cuda.current_device()
         fn = self._function(kind, target, binary, params, index)
         grid = (n + binary.config.block - 1) // binary.config.block
-        stream = torch.cuda.current_stream(device).cuda_stream
-        ptr_args = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
-        fn(grid, stream, ptr_args)
+        fn(grid, torch.cuda.current_stream(device).cuda_stream, ptr_args)
+
+    def _autotune(
+        self,
+        kind: str,
+        target: str,
+        bucket: int,
+        aligned: bool,
+        candidates: list[KernelConfig],
+        params: list[tuple[str, str]],
+        device: int,
+        n: int,
+        args: list[Any],
+    ) -> str:
+        """Time each candidate on this call's arguments; record and return the fastest.
+
+        Launches are idempotent (every kernel overwrites its outputs), so
+        timing on the real buffers is safe. A config that fails scores inf.
+        """
+        stream = torch.cuda.current_stream(device)
+        timings: dict[str, float] = {}
+        for config in candidates:
+            try:
+                fn = self._function(kind, target, self._binaries[(kind, target, config.id)], params, device)
+                grid = (n + config.block - 1) // config.block
+                for _ in range(2):
+                    fn(grid, stream.cuda_stream, args)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                reps = 10
+                start.record(stream)
+                for _ in range(reps):
+                    fn(grid, stream.cuda_stream, args)
+                end.record(stream)
+                end.synchronize()
+                timings[config.id] = start.elapsed_time(end) / reps
+            except Exception:  # noqa: BLE001 - a failing config is simply not chosen
+                timings[config.id] = float("inf")
+        best = min(timings, key=timings.__getitem__)
+        if timings[best] == float("inf"):
+            raise ArtifactError(f"every {kind} config failed to launch on {target}")
+        variant = "aligned" if aligned else "unaligned"
+        table = self.manifest.setdefault("tuning", {}).setdefault(target, {}).setdefault(kind, {})
+        table.setdefault(str(bucket), {})[variant] = best
+        bump("autotunes")
+        if self.on_tuned is not None:
+            self.on_tuned(
+                {"target": target, "kind": kind, "bucket": bucket, "variant": variant, "config_id": best,
+                 "timings_ms": {k: (None if v == float("inf") else round(v, 5)) for k, v in timings.items()}}
+            )
+        return best
 
     def _function(self, kind: str, target: str, binary: _Binary, params: list[tuple[str, str]], device: int) -> Callable[..., None]:
         key = (kind, binary.config.id, device)

@@ -27,7 +27,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from . import counters
+from .counters import bump
 from .codegen.lower import is_supported, op_name
 from .errors import (
     CoreError,
@@ -332,7 +332,7 @@ def trace_core(spec: KernelSpec) -> TracedCore:
         raise
     except Exception as exc:
         raise _translate(exc, spec) from exc
-    counters.bump("traces")
+    bump("traces")
     num_saved = 0
     if forward is not None:
         out = next(n for n in forward.graph.nodes if n.op == "output")

@@ -23,7 +23,7 @@ def test_readme_op_list_matches_lowering_table() -> None:
 
 def test_public_api_is_exactly_all() -> None:
     exported = {
-        "FlexSN", "KernelSpec", "KernelSet", "KernelConfig", "FlexSNInfo", "Artifact", "build_artifacts",
+        "FlexSN", "FlexSNKernel", "flex_sn_scan", "functional", "MemoryModule", "KernelSpec", "KernelSet", "KernelConfig", "FlexSNInfo", "Artifact", "build_artifacts",
         "counters", "reset_counters", "KINDS", "DEFAULT_TARGETS", "DEFAULT_CONFIGS", "FlexSNError",
         "CoreError", "CoreSourceError", "CoreCaptureError", "CoreSignatureError", "CoreReturnTypeError",
         "CoreTraceError", "UnsupportedOpError", "CompileError", "ArtifactError", "IntegrityError",
@@ -35,4 +35,13 @@ def test_public_api_is_exactly_all() -> None:
 
 
 def test_counters_have_the_documented_names() -> None:
-    assert set(flexsn_core.counters()) == {"traces", "compiles", "local_hits", "remote_hits", "remote_misses"}
+    assert set(flexsn_core.counters()) == {"traces", "compiles", "local_hits", "remote_hits", "remote_misses", "autotunes"}
+
+
+def test_no_module_calls_counters_dot_bump() -> None:
+    """``flexsn_core.counters`` is the public function, so inside the package
+    ``from . import counters`` can bind it instead of the module; bump through
+    ``from .counters import bump`` only."""
+    package = Path(flexsn_core.__file__).parent
+    offenders = [p.name for p in package.rglob("*.py") if "counters.bump(" in p.read_text()]
+    assert offenders == []

@@ -211,3 +211,14 @@ def test_lif_backward_saves_one_tensor() -> None:
 def test_non_differentiable_output_has_no_tangent() -> None:
     ks = _kernel_set("hard_spike", torch.float32)
     assert ks.differentiable_returns == (False, True)
+
+
+def test_unaligned_calls_never_get_aligned_binaries() -> None:
+    from flexsn_core.compile import KernelConfig
+    from flexsn_core.runtime import _default_config_id, usable_configs
+
+    configs = [KernelConfig(1024, 4, 1, True), KernelConfig(1024, 4, 1, False), KernelConfig(512, 4, 1, True)]
+    assert [c.aligned for c in usable_configs(configs, aligned=False)] == [False]
+    assert len(usable_configs(configs, aligned=True)) == 3
+    assert _default_config_id(usable_configs(configs, False), False) == "b1024-w4-s1-u"
+    assert _default_config_id(usable_configs(configs, True), True) == "b1024-w4-s1-a16"
