@@ -1,13 +1,13 @@
 # Two commands on a fresh machine (Python 3.11, no GPU needed):
+#   make serve   create .venv, install, start the cache service (store in ./flexsn-store)
 #   make test    create .venv, install, run the test suite
-# `make serve` (the cache service) arrives with the service.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test install clean
+.PHONY: serve test install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/flexsn-cache serve
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q

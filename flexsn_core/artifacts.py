@@ -11,6 +11,7 @@ checks it against ``manifest["source"]["sha256"]``.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ __all__ = [
     "generate",
     "sha256_hex",
     "validate_manifest",
+    "merge_binaries",
+    "referenced_blobs",
 ]
 
 MANIFEST_FORMAT = 1
@@ -84,7 +87,7 @@ def _manifest_head(spec: KernelSpec, gen: GeneratedKernels) -> dict[str, Any]:
             "needs_state_seqs": gen.plan.needs_state_seqs,
             "bytes_per_step": gen.plan.bytes_per_step,
         }
-    return {
+    head = {
         "format": MANIFEST_FORMAT,
         "key": spec.key,
         "spec": spec.to_dict(),
@@ -101,6 +104,8 @@ def _manifest_head(spec: KernelSpec, gen: GeneratedKernels) -> dict[str, Any]:
         "binaries": [],
         "tuning": {},
     }
+    # Plain JSON types only (no tuples), so a manifest equals its stored copy.
+    return json.loads(json.dumps(head))
 
 
 def build_artifacts(
@@ -148,6 +153,24 @@ def build_artifacts(
     manifest["build_seconds"] = round(time.perf_counter() - started, 3)
     validate_manifest(manifest)
     return Artifact(manifest=manifest, blobs=blobs)
+
+
+def merge_binaries(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` plus the binaries (and tuning tables) of ``extra`` that it lacks.
+
+    Used when a spec's artifact gains another target: the first manifest's
+    binaries and tuned choices are kept as they are.
+    """
+    merged = dict(base)
+    have = {(b["kind"], b["target"], b["config_id"]) for b in base["binaries"]}
+    merged["binaries"] = list(base["binaries"]) + [
+        b for b in extra["binaries"] if (b["kind"], b["target"], b["config_id"]) not in have
+    ]
+    tuning = dict(base.get("tuning", {}))
+    for target, table in extra.get("tuning", {}).items():
+        tuning.setdefault(target, table)
+    merged["tuning"] = tuning
+    return merged
 
 
 def validate_manifest(manifest: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .counters import bump
-from .artifacts import Artifact, build_artifacts, generate, sha256_hex, validate_manifest
+from .artifacts import Artifact, build_artifacts, generate, merge_binaries, sha256_hex, validate_manifest
 from .compile import DEFAULT_CONFIGS, cache_dir
 from .errors import ArtifactError, IntegrityError
 from .runtime import KernelSet, interpreter_enabled
@@ -127,20 +127,6 @@ class LocalStore:
 def local_target(device: torch.device) -> str:
     major, minor = torch.cuda.get_device_capability(device)
     return f"cuda:{major * 10 + minor}"
-
-
-def merge_binaries(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with the binaries (and tuning) of ``extra`` for targets it lacks."""
-    merged = dict(base)
-    have = {(b["kind"], b["target"], b["config_id"]) for b in base["binaries"]}
-    merged["binaries"] = list(base["binaries"]) + [
-        b for b in extra["binaries"] if (b["kind"], b["target"], b["config_id"]) not in have
-    ]
-    tuning = dict(base.get("tuning", {}))
-    for target, table in extra.get("tuning", {}).items():
-        tuning.setdefault(target, table)
-    merged["tuning"] = tuning
-    return merged
 
 
 _memo: dict[tuple[str, str], KernelSet] = {}

@@ -3,7 +3,7 @@
 * ``inference``: ``make_fx`` over fake tensors, ``(*inputs, *states,
   *statics) -> (*outputs, *new_states)``.
 * ``forward`` / ``backward``: AOTAutograd with the min-cut partitioner, run on
-  small real CPU tensors. Which saved values the backward *kernel* reads is
+  fake tensors too, so tracing never computes on real data. Which saved values the backward *kernel* reads is
   decided later by :mod:`flexsn_core.codegen.partition`, with a cost model that
   knows what a time-step scan already keeps in memory.
 
@@ -290,7 +290,11 @@ def _trace_training(
         # "inductor" lets the partitioner recompute pointwise ops instead of saving them.
         partition_fn=functools.partial(min_cut_rematerialization_partition, compiler="inductor"),
     )
-    with torch.enable_grad():
+    # Fake tensors: the user's core never computes on real data (no real
+    # allocations or arithmetic), even while AOTAutograd runs its graphs.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with torch.enable_grad(), FakeTensorMode():
         args = _example_args(spec, grad=True)
         outs = traced(*args)
         needs = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]

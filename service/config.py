@@ -1,0 +1,92 @@
+"""Service configuration, from ``FLEXSN_SERVICE_*`` environment variables."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flexsn_core.compile import KernelConfig, parse_target
+
+__all__ = ["Settings", "get_settings", "parse_configs"]
+
+
+def parse_configs(text: str) -> list[KernelConfig]:
+    """``"1024x4,512x4x2"`` -> configs (block x warps [x stages]), each aligned and unaligned."""
+    configs = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        fields = item.lower().split("x")
+        if len(fields) not in (2, 3) or not all(f.isdigit() for f in fields):
+            raise ValueError(f"config {item!r} must look like 1024x4 or 1024x4x2 (block x warps [x stages])")
+        block, warps, stages = int(fields[0]), int(fields[1]), int(fields[2]) if len(fields) == 3 else 1
+        if block & (block - 1) or not 16 <= block <= 16384 or warps not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"config {item!r}: block must be a power of two in 16..16384, warps 1..32")
+        configs += [KernelConfig(block, warps, stages, True), KernelConfig(block, warps, stages, False)]
+    return configs
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; environment variables override the defaults.
+
+    ``FLEXSN_SERVICE_STORE``        ``disk:PATH`` (embedded diskcache)
+    ``FLEXSN_SERVICE_TOKENS``       a tokens file (``TOKEN SCOPES [NAME]`` per line); unset: localhost only, no auth
+    ``FLEXSN_SERVICE_TARGETS``      archs to cross-compile on a host without a GPU
+    ``FLEXSN_SERVICE_BUILD_TIMEOUT_S``, ``FLEXSN_SERVICE_BUILD_MEMORY_MB``: limits of one build
+    ``FLEXSN_SERVICE_WORKERS``      builds running at once
+    ``FLEXSN_SERVICE_CONFIGS``      kernel configs to build, e.g. ``1024x4,2048x8``
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FLEXSN_SERVICE_", extra="ignore")
+
+    store: str = "disk:./flexsn-store"
+    tokens: Path | None = None
+    targets: str = "cuda:80,cuda:90"
+    build_timeout_s: float = Field(default=300.0, gt=0)
+    build_memory_mb: int = Field(default=4096, gt=0)
+    workers: int = Field(default=2, ge=1)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_request_bytes: int = Field(default=1 << 20, gt=0)
+    max_source_bytes: int = Field(default=200_000, gt=0)
+    #: Use the local GPU (build for its arch and autotune) when there is one.
+    use_gpu: bool = True
+    #: Kernel configs to build, "BLOCKxWARPS[xSTAGES],..." (each aligned and not); empty: flexsn_core's defaults.
+    configs: str = ""
+
+    @field_validator("configs")
+    @classmethod
+    def _valid_configs(cls, value: str) -> str:
+        parse_configs(value)
+        return value
+
+    @property
+    def config_list(self) -> list[KernelConfig] | None:
+        return parse_configs(self.configs) or None
+
+    @field_validator("targets")
+    @classmethod
+    def _valid_targets(cls, value: str) -> str:
+        targets = [t.strip() for t in value.split(",") if t.strip()]
+        if not targets:
+            raise ValueError("FLEXSN_SERVICE_TARGETS must name at least one target, e.g. cuda:90")
+        for target in targets:
+            parse_target(target)
+        return ",".join(targets)
+
+    @property
+    def target_list(self) -> list[str]:
+        return self.targets.split(",")
+
+    @property
+    def store_directory(self) -> Path | None:
+        scheme, _, rest = self.store.partition(":")
+        return Path(rest) if scheme == "disk" else None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

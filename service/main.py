@@ -1,0 +1,158 @@
+"""The FastAPI application: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from .api.deps import ServiceContext
+from .api.routes import blobs, builds, kernels, status
+from .auth import load_tokens
+from .builds.manager import BuildManager
+from .config import Settings, get_settings
+from .logs import RequestContextMiddleware, configure_logging
+from .metrics import ServiceMetrics
+from .store import StoreError, open_store
+
+__all__ = ["create_app", "local_gpu_target"]
+
+logger = logging.getLogger("flexsn_service")
+
+
+def local_gpu_target() -> str | None:
+    """``cuda:XY`` of this host's GPU, or None."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(0)
+    return f"cuda:{major * 10 + minor}"
+
+
+def _route_id(route: APIRoute) -> str:
+    """Stable OpenAPI operation ids: the route function's name."""
+    return route.name
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413 (declared or streamed)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send)
+            return
+        seen = 0
+
+        async def limited_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Any) -> None:
+        response = JSONResponse(
+            {"detail": f"request body over the {self.max_bytes}-byte limit"}, status_code=413
+        )
+        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(settings.store)
+        tokens = load_tokens(settings.tokens)
+        gpu_target = local_gpu_target() if settings.use_gpu else None
+        targets = [gpu_target] if gpu_target else settings.target_list
+        work_dir = ((settings.store_directory or Path("flexsn-work")) / "work").resolve()
+        manager = BuildManager(
+            store,
+            work_dir,
+            workers=settings.workers,
+            timeout_s=settings.build_timeout_s,
+            memory_bytes=settings.build_memory_mb << 20,
+            max_source_bytes=settings.max_source_bytes,
+            tune_on_gpu=gpu_target is not None,
+            metrics=metrics,
+            configs=settings.config_list,
+        )
+        metrics.watch_store(store.stats)
+        app.state.ctx = ServiceContext(settings, store, tokens, manager, metrics, targets, gpu_target)
+        if tokens.enabled:
+            logger.info("auth: %d bearer token(s) loaded from %s", len(tokens.tokens), settings.tokens)
+        else:
+            logger.warning(
+                "auth: no tokens configured (FLEXSN_SERVICE_TOKENS); serving localhost clients only, without auth"
+            )
+        logger.info(
+            "store %s; builds for %s%s; %d worker(s), %gs / %d MB per build",
+            settings.store, ",".join(targets), " (autotuned on this GPU)" if gpu_target else " (cross-compiled)",
+            settings.workers, settings.build_timeout_s, settings.build_memory_mb,
+        )
+        try:
+            yield
+        finally:
+            await manager.shutdown()
+            store.close()
+
+    app = FastAPI(
+        title="flexsn-cache",
+        version="1",
+        description="Builds FlexSN spiking-neuron kernels once and serves them to every training job.",
+        lifespan=lifespan,
+        generate_unique_id_function=_route_id,
+    )
+    for module in (kernels, blobs, builds, status):
+        app.include_router(module.router)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(_request: Request, exc: StoreError) -> JSONResponse:
+        logger.error("store error: %s", exc)
+        return JSONResponse({"detail": f"the store is unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body')}: {err.get('msg')}" for err in exc.errors()
+        ]
+        return JSONResponse({"detail": "invalid request: " + "; ".join(problems)}, status_code=422)
+
+    def count(request: Request, code: int) -> None:
+        route = request.scope.get("route")
+        metrics.requests.labels(getattr(route, "path", "unmatched"), str(code)).inc()
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestContextMiddleware, on_response=count)
+    return app

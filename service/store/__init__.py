@@ -1,0 +1,24 @@
+"""Stores for artifacts: one interface, an embedded diskcache implementation.
+
+``open_store("disk:PATH")`` opens the embedded store. ``redis://`` URLs are
+reserved for the shared store of several replicas (not implemented yet).
+"""
+
+from __future__ import annotations
+
+from .base import GcReport, ManifestInfo, Store, StoreError, VerifyReport
+from .disk import DiskStore
+
+__all__ = ["Store", "DiskStore", "StoreError", "ManifestInfo", "VerifyReport", "GcReport", "open_store"]
+
+
+def open_store(url: str) -> Store:
+    """Open a store from its URL: ``disk:PATH``."""
+    scheme, _, rest = url.partition(":")
+    if scheme == "disk" and rest:
+        return DiskStore(rest)
+    if scheme in ("redis", "rediss"):
+        raise NotImplementedError(
+            "the Redis store for several replicas is not implemented yet; use disk:PATH"
+        )
+    raise ValueError(f"store URL must look like 'disk:PATH', got {url!r}")
