@@ -11,7 +11,9 @@ connection errors and 5xx answers. Errors are translated at this boundary:
 
 from __future__ import annotations
 
+import io
 import random
+import tarfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,10 +56,21 @@ class ServiceAPI:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.retries = retries
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        self._options = {"headers": headers, "timeout": timeout, "transport": transport}
+        self._client: httpx.Client | None = None
+
+    @property
+    def _http(self) -> httpx.Client:
+        """The connection pool, made on first use (a node served by its mirror never needs one)."""
+        if self._client is None:
+            # A plain-http service needs no TLS context (building one loads the CA bundle).
+            verify = not self.url.startswith("http://")
+            self._client = httpx.Client(base_url=self.url, verify=verify, **self._options)
+        return self._client
 
     def close(self) -> None:
-        self._http.close()
+        if self._client is not None:
+            self._client.close()
 
     def __enter__(self) -> ServiceAPI:
         return self
@@ -162,6 +175,24 @@ class ServiceAPI:
         if response.status_code == 404:
             raise CacheUnavailableError(f"the kernel cache has no blob {sha}")
         return response.content
+
+    def get_bundle(self, key: str, targets: list[str] | None = None) -> dict[str, bytes]:
+        """A kernel's source and binaries (for ``targets``) in one request: ``{name: bytes}``.
+
+        The caller must check each blob against its sha256 (its name); members
+        are read into memory, never extracted to disk.
+        """
+        response = self._call("GET", f"/v1/kernels/{key}/bundle", params={"target": targets or []}, ok=(200, 404))
+        if response.status_code == 404:
+            return {}
+        blobs: dict[str, bytes] = {}
+        with tarfile.open(fileobj=io.BytesIO(response.content), mode="r|") as archive:
+            for member in archive:
+                if member.isfile() and len(member.name) == 64:
+                    extracted = archive.extractfile(member)
+                    if extracted is not None:
+                        blobs[member.name] = extracted.read()
+        return blobs
 
     def report_tuning(self, key: str, target: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         response = self._call("POST", f"/v1/kernels/{key}/tuning", json={"target": target, "choices": choices})

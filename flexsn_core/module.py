@@ -14,9 +14,10 @@ On CPU tensors the Triton backends run in Triton's interpreter when
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -25,14 +26,15 @@ from . import ops
 from .hop import eager_scan, eager_scan_final_state, flex_sn_scan
 from .local import kernels_for
 from .memory import MemoryModule
-from .runtime import interpreter_enabled
+from .runtime import KernelSet, interpreter_enabled
 from .spec import SUPPORTED_DTYPES, KernelSpec
 
-__all__ = ["FlexSN", "FlexSNKernel"]
+__all__ = ["FlexSN", "FlexSNKernel", "collect_specs"]
 
 logger = logging.getLogger("flexsn_core")
 
 _TRITON_BACKENDS = ("triton", "inductor")
+_KERNEL_BACKENDS = (*_TRITON_BACKENDS, "remote-cache")
 _SUPPORTED_BACKENDS = ("triton", "torch", "inductor", "hop", "remote-cache")
 
 
@@ -56,6 +58,19 @@ def _requires_grad(value: Any) -> bool:
     return False
 
 
+def _broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """NumPy broadcasting of shapes (torch.broadcast_shapes imports sympy: half a second)."""
+    ndim = max(len(s) for s in shapes)
+    result = [1] * ndim
+    for shape in shapes:
+        for i, size in enumerate(shape, start=ndim - len(shape)):
+            if size != 1:
+                if result[i] not in (1, size):
+                    raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+                result[i] = size
+    return tuple(result)
+
+
 def _spec_flags(
     requires_grad: Sequence[bool] | None, num_args: int, statics: Sequence[torch.Tensor]
 ) -> tuple[bool, ...] | None:
@@ -73,49 +88,111 @@ def _spec_flags(
     )
 
 
-class _KernelOwner:
-    """Builds and owns custom-op handles of one core, one per dtype."""
+Provider = Callable[[KernelSpec, torch.device], "KernelSet | None"]
 
-    def __init__(self, core: Callable[..., Any], counts: tuple[int, int, int, int], requires_grad: tuple[bool, ...] | None) -> None:
+
+class _KernelOwner:
+    """Builds (or fetches) and owns custom-op handles of one core, one per dtype.
+
+    ``provider(spec, device)`` returns the kernels: built locally for
+    ``backend="triton"``, from the cache service for ``"remote-cache"``; None
+    means "no kernels" and the module runs the HOP path.
+    """
+
+    def __init__(
+        self,
+        core: Callable[..., Any],
+        counts: tuple[int, int, int, int],
+        requires_grad: tuple[bool, ...] | None,
+        provider: Provider = kernels_for,
+    ) -> None:
         self.core = core
         self.counts = counts
         self.requires_grad = requires_grad
-        self.handles: dict[torch.dtype, int] = {}
+        self.provider = provider
+        self.handles: dict[torch.dtype, int | None] = {}
         self._finalizers: list[Any] = []
+        self._spec_cache: dict[torch.dtype, KernelSpec] = {}
 
     def spec(self, dtype: torch.dtype) -> KernelSpec:
-        ni, ns, no, nc = self.counts
-        return KernelSpec.from_core(
-            self.core, ni, ns, no, num_static=nc, dtype=dtype, requires_grad=self.requires_grad
-        )
+        spec = self._spec_cache.get(dtype)
+        if spec is None:
+            ni, ns, no, nc = self.counts
+            spec = KernelSpec.from_core(
+                self.core, ni, ns, no, num_static=nc, dtype=dtype, requires_grad=self.requires_grad
+            )
+            self._spec_cache[dtype] = spec
+        return spec
 
-    def handle(self, dtype: torch.dtype, device: torch.device) -> int:
-        found = self.handles.get(dtype)
-        if found is not None:
-            return found
+    def handle(self, dtype: torch.dtype, device: torch.device) -> int | None:
+        if dtype in self.handles:
+            return self.handles[dtype]
+        if _collector is not None:
+            _collector.append(self.spec(dtype))
+            return None
         spec = self.spec(dtype)
-        prototype = kernels_for(spec, device)
-        number = ops.register_handle(spec, lambda d, _s=spec: kernels_for(_s, d), prototype)
+        prototype = self.provider(spec, device)
+        if prototype is None:
+            self.handles[dtype] = None
+            return None
+        provider = self.provider
+
+        def resolve(d: torch.device, _s: KernelSpec = spec) -> KernelSet:
+            ks = provider(_s, d)
+            if ks is None:
+                raise RuntimeError(f"no FlexSN kernels of {_s.entry} for {d}")
+            return ks
+
+        number = ops.register_handle(spec, resolve, prototype)
         self.handles[dtype] = number
         self._finalizers.append(ops.attach_finalizer(self, number))
         return number
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _KernelOwner:
         # Kernels depend only on the spec: a copy shares them (one more owner).
-        other = _KernelOwner(self.core, self.counts, self.requires_grad)
+        other = _KernelOwner(self.core, self.counts, self.requires_grad, self.provider)
         other.handles = dict(self.handles)
+        other._spec_cache = dict(self._spec_cache)
         for number in other.handles.values():
-            ops.retain_owner(number)
-            other._finalizers.append(ops.attach_finalizer(other, number))
+            if number is not None:
+                ops.retain_owner(number)
+                other._finalizers.append(ops.attach_finalizer(other, number))
         memo[id(self)] = other
         return other
 
     def __getstate__(self) -> dict[str, Any]:
         # Handles are process-local; an unpickled owner rebuilds them on use.
-        return {"core": self.core, "counts": self.counts, "requires_grad": self.requires_grad}
+        state = {"core": self.core, "counts": self.counts, "requires_grad": self.requires_grad}
+        if self.provider is not kernels_for:
+            state["remote"] = getattr(self.provider, "settings", None)
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["core"], state["counts"], state["requires_grad"])  # type: ignore[misc]
+        provider: Provider = kernels_for
+        if "remote" in state:
+            from flexsn_client.provider import remote_provider
+
+            url, token = state["remote"] or (None, None)
+            provider = remote_provider(url, token)
+        self.__init__(state["core"], state["counts"], state["requires_grad"], provider)  # type: ignore[misc]
+
+
+# Set while `collect_specs()` runs: FlexSN modules record their specs instead of building.
+_collector: list[KernelSpec] | None = None
+
+
+@contextlib.contextmanager
+def collect_specs() -> Iterator[list[KernelSpec]]:
+    """Record the spec of every FlexSN built inside the block, building nothing.
+
+    ``flexsn-cache warm`` uses this to learn which kernels a model needs.
+    """
+    global _collector
+    previous, _collector = _collector, []
+    try:
+        yield _collector
+    finally:
+        _collector = previous
 
 
 def _validate_scan_contract(
@@ -136,7 +213,7 @@ def _validate_scan_contract(
     if example_inputs is None:
         device = _default_device()
         # One step of a neuron: broadcast with the statics (a per-neuron parameter fixes the shape).
-        shape = torch.broadcast_shapes((1,), *(s.shape for s in statics))
+        shape = _broadcast_shape((1,), *(s.shape for s in statics))
         examples = tuple(torch.zeros(shape, device=device) for _ in range(num_inputs + num_states))
     else:
         examples = tuple(x.detach().clone() for x in example_inputs)
@@ -164,8 +241,15 @@ def _validate_scan_contract(
             f"FlexSN Triton path supports float32, float16 and bfloat16 tensors, got {first.dtype}."
         )
     with torch.no_grad():
-        static_args = [s.detach().to(first.device) for s in statics]
-        returns = _as_tuple(core(*examples, *static_args))
+        # Run the core once on CPU zeros (big examples shrunk to the smallest shape the
+        # statics allow: a core is elementwise): the same counts, shapes and dtypes,
+        # without big allocations or loading GPU kernels at construction.
+        shape = first.shape
+        if first.numel() > 1 << 16:
+            shape = _broadcast_shape((1,) * first.dim(), *(s.shape for s in statics))
+        first = torch.zeros(shape, dtype=first.dtype)
+        probes = [torch.zeros(shape, dtype=x.dtype) for x in examples]
+        returns = _as_tuple(core(*probes, *(s.detach().cpu() for s in statics)))
     expected = num_outputs + num_states
     if len(returns) != expected:
         raise ValueError(
@@ -271,7 +355,7 @@ class FlexSN(MemoryModule):
         self.backend = backend
         self.store_state_seqs = store_state_seqs
 
-        if backend in _TRITON_BACKENDS:
+        if backend in _KERNEL_BACKENDS:
             examples = _validate_scan_contract(
                 core, num_inputs, num_states, num_outputs, example_inputs, self.static_tensors()
             )
@@ -285,9 +369,16 @@ class FlexSN(MemoryModule):
                             f"{first.dtype}), but example output #{i} is ({tuple(shape)}, {dtype})."
                         )
             flags = _spec_flags(requires_grad, num_inputs + num_states, self.static_tensors())
-            self._kernels = _KernelOwner(core, (num_inputs, num_states, num_outputs, len(self._static_names)), flags)
+            provider: Provider = kernels_for
+            if backend == "remote-cache":
+                from flexsn_client.provider import remote_provider
+
+                provider = remote_provider(cache_url, cache_token)
+            self._kernels = _KernelOwner(
+                core, (num_inputs, num_states, num_outputs, len(self._static_names)), flags, provider
+            )
             device = examples[0].device if example_inputs is not None else _default_device()
-            if _kernels_usable(device):
+            if _kernels_usable(device) or _collector is not None:
                 # Build now, so a core the kernels cannot express fails at construction.
                 self._kernels.handle(examples[0].dtype, device)
         elif backend == "hop":
@@ -310,17 +401,12 @@ class FlexSN(MemoryModule):
     def backend(self, value: str) -> None:
         if value not in _SUPPORTED_BACKENDS:
             raise NotImplementedError(f"{value} is not a supported backend of {self._get_name()}!")
-        if value in (*_TRITON_BACKENDS, "remote-cache") and self.step_mode != "m":
+        if value in _KERNEL_BACKENDS and self.step_mode != "m":
             raise RuntimeError(
                 f"Cannot set backend={value!r} when step_mode={self.step_mode!r}; "
                 "Triton/Inductor backends require step_mode='m'."
             )
-        if value == "remote-cache":
-            raise NotImplementedError(
-                "backend='remote-cache' needs the flexsn_client package (kernel cache client); "
-                "use backend='triton' to build kernels locally"
-            )
-        if value in _TRITON_BACKENDS and self.__dict__.get("_kernels") is None and hasattr(self, "_backend"):
+        if value in _KERNEL_BACKENDS and self.__dict__.get("_kernels") is None and hasattr(self, "_backend"):
             logger.warning(
                 "Switching FlexSN.backend to %s without prebuilt Triton kernels; this module will "
                 "fall back to the HOP/eager path.",
@@ -353,7 +439,7 @@ class FlexSN(MemoryModule):
 
     def _can_elide_zero_states(self) -> bool:
         return (
-            self.backend in _TRITON_BACKENDS
+            self.backend in _KERNEL_BACKENDS
             and self._kernels is not None
             and type(self).init_states is FlexSN.init_states
         )
@@ -494,6 +580,8 @@ class FlexSN(MemoryModule):
                 "CUDA tensors (or CPU tensors under TRITON_INTERPRET=1) on a single device."
             )
         handle = self._kernels.handle(args[0].dtype, args[0].device)
+        if handle is None:
+            raise RuntimeError("FlexSN.kernel is unavailable: no kernels could be built or fetched for this core.")
         return _run_kernel(handle, self.num_inputs, self.num_outputs, self.num_states, args, self.static_tensors())
 
     def extra_repr(self) -> str:
@@ -551,6 +639,8 @@ class FlexSNKernel:
                 "same device (or CPU tensors under TRITON_INTERPRET=1)."
             )
         handle = self._kernels.handle(args[0].dtype, args[0].device)
+        if handle is None:
+            raise RuntimeError("FlexSNKernel: no kernels could be built for this core.")
         return _run_kernel(handle, self.num_inputs, self.num_outputs, self.num_states, args, ())
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FlexSNKernel:

@@ -74,6 +74,35 @@ class KernelHandle:
         return ks
 
 
+# Ops are defined with torch.library.Library rather than @custom_op: the
+# latter wraps every kernel in a lazy `torch._dynamo.disable`, whose first call
+# imports torch._dynamo (seconds) — paid by every job at its first step.
+_lib = torch.library.Library("flexsn", "DEF")
+_SCHEMAS = {
+    "inference": "(int handle, Tensor[] inputs, Tensor[] states, Tensor[] statics) -> Tensor[]",
+    "inference_final": "(int handle, Tensor[] inputs, Tensor[] states, Tensor[] statics) -> Tensor[]",
+    "training": "(int handle, Tensor[] inputs, Tensor[] states, Tensor[] statics, bool store_state_seqs) -> Tensor[]",
+    "backward": (
+        "(int handle, Tensor[] inputs, Tensor[] states, Tensor[] statics, Tensor[] outs, Tensor[] sseqs, "
+        "Tensor[] extras, Tensor?[] grad_outs, Tensor?[] grad_sseqs, Tensor?[] grad_finals) -> Tensor[]"
+    ),
+}
+for _name, _schema in _SCHEMAS.items():
+    _lib.define(_name + _schema)
+
+
+def _kernel(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _lib.impl(name, fn, "CompositeExplicitAutograd")
+        return fn
+
+    return register
+
+
+def _fake(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return torch.library.register_fake(f"flexsn::{name}", lib=_lib)
+
+
 _registry: dict[int, KernelHandle] = {}
 _lock = threading.Lock()
 _ids = itertools.count(1)
@@ -176,7 +205,7 @@ def _returns_seqs(handle: KernelHandle, store_state_seqs: bool) -> bool:
 # --------------------------------------------------------------------------
 # inference
 # --------------------------------------------------------------------------
-@torch.library.custom_op("flexsn::inference", mutates_args=())
+@_kernel("inference")
 def inference(handle: int, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor]) -> list[Tensor]:
     """Outputs and state sequences (``[T, ...]`` each)."""
     h = lookup_handle(handle)
@@ -186,13 +215,13 @@ def inference(handle: int, inputs: list[Tensor], states: list[Tensor], statics: 
     return [t.view(shape) for t in (*outs, *sseqs)]
 
 
-@inference.register_fake
+@_fake("inference")
 def _inference_fake(handle: int, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor]) -> list[Tensor]:
     spec = lookup_handle(handle).spec
     return _seq_like(inputs[0], spec.num_outputs + spec.num_states)
 
 
-@torch.library.custom_op("flexsn::inference_final", mutates_args=())
+@_kernel("inference_final")
 def inference_final(handle: int, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor]) -> list[Tensor]:
     """Outputs (``[T, ...]``) and final states."""
     h = lookup_handle(handle)
@@ -202,7 +231,7 @@ def inference_final(handle: int, inputs: list[Tensor], states: list[Tensor], sta
     return [o.view(shape) for o in outs] + [f.view(shape[1:]) for f in finals]
 
 
-@inference_final.register_fake
+@_fake("inference_final")
 def _inference_final_fake(handle: int, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor]) -> list[Tensor]:
     spec = lookup_handle(handle).spec
     return _seq_like(inputs[0], spec.num_outputs) + _state_like(inputs[0], spec.num_states)
@@ -211,7 +240,7 @@ def _inference_final_fake(handle: int, inputs: list[Tensor], states: list[Tensor
 # --------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------
-@torch.library.custom_op("flexsn::training", mutates_args=())
+@_kernel("training")
 def training(
     handle: int, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor], store_state_seqs: bool
 ) -> list[Tensor]:
@@ -227,7 +256,7 @@ def training(
     return result + [e.view(shape) for e in extras]
 
 
-@training.register_fake
+@_fake("training")
 def _training_fake(
     handle: int, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor], store_state_seqs: bool
 ) -> list[Tensor]:
@@ -239,7 +268,7 @@ def _training_fake(
     return result + [x0.new_empty(x0.shape, dtype=dt) for dt in h.extras]
 
 
-@torch.library.custom_op("flexsn::backward", mutates_args=())
+@_kernel("backward")
 def backward(
     handle: int,
     inputs: list[Tensor],
@@ -274,7 +303,7 @@ def backward(
     return result + [g for g in g_st if g is not None]
 
 
-@backward.register_fake
+@_fake("backward")
 def _backward_fake(
     handle: int,
     inputs: list[Tensor],
@@ -333,7 +362,7 @@ def _backward_training(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, ...]:
     if ctx.store:
         grad_sseqs = list(grads[no + ns : no + 2 * ns])
     try:
-        flat_grads = backward(
+        flat_grads = torch.ops.flexsn.backward.default(
             ctx.handle, xs, states, statics, outs, sseqs, extras, grad_outs, grad_sseqs, grad_finals
         )
     finally:
@@ -346,4 +375,4 @@ def _backward_training(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, ...]:
     return None, g_x, g_s, g_c, None
 
 
-torch.library.register_autograd("flexsn::training", _backward_training, setup_context=_setup_training)
+torch.library.register_autograd("flexsn::training", _backward_training, setup_context=_setup_training, lib=_lib)

@@ -72,21 +72,33 @@ def serve(
     uvicorn.run(create_app(settings), host=bind, port=settings.port, log_config=None, access_log=False)
 
 
+def _import(where: str):  # noqa: ANN202
+    """A module from a file path (``models/snn.py``) or a dotted name (``models.snn``)."""
+    path = Path(where)
+    if where.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise _fail(f"no such file: {path}")
+        spec = importlib.util.spec_from_file_location(re.sub(r"\W", "_", path.stem), path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(path.parent.resolve()))
+        sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
+        spec.loader.exec_module(module)
+        return module
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        return importlib.import_module(where)
+    except ImportError as exc:
+        raise _fail(f"cannot import {where!r}: {exc}") from None
+
+
 def _load_core(target: str):  # noqa: ANN202
-    path_text, _, func = target.rpartition(":")
-    if not path_text or not func:
+    where, _, func = target.rpartition(":")
+    if not where or not func:
         raise _fail(f"expected FILE:FUNC, got {target!r}")
-    path = Path(path_text)
-    if not path.is_file():
-        raise _fail(f"no such file: {path}")
-    spec = importlib.util.spec_from_file_location(re.sub(r"\W", "_", path.stem), path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent.resolve()))
-    sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
-    spec.loader.exec_module(module)
+    module = _import(where)
     if not hasattr(module, func):
-        raise _fail(f"{path} defines no {func!r}")
+        raise _fail(f"{where} defines no {func!r}")
     return getattr(module, func)
 
 
@@ -135,6 +147,51 @@ def build(
     targets = sorted({b["target"] for b in body.get("binaries", [])})
     out.print(f"{spec.key}  {spec.entry}  {spec.dtype}  targets: {', '.join(targets)}  "
               f"({len(body.get('binaries', []))} binaries{', cached' if code == 200 else ''})")
+
+
+@app.command()
+def warm(
+    target: Annotated[str, typer.Argument(help="FILE.py or package.module, optionally :FACTORY (called with no arguments)")],
+    arch: Annotated[Optional[list[str]], typer.Option("--target", help="e.g. cuda:90 (default: this node's GPU)")] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Prefetch every FlexSN kernel a model builds into the local mirror (a job's start-up step).
+
+    Imports the module (and calls FACTORY if given) while recording each
+    FlexSN's spec instead of building it, then fetches them all from the
+    service, which builds what it lacks. Later FlexSN(..., backend="remote-cache")
+    constructions on this node are local hits.
+    """
+    import torch
+
+    from flexsn_client import KernelCacheClient
+    from flexsn_core import FlexSNError
+    from flexsn_core.local import local_target
+    from flexsn_core.module import collect_specs
+
+    where, _, factory = target.rpartition(":") if ":" in target else (target, "", "")
+    with collect_specs() as specs:
+        module = _import(where)
+        if factory:
+            if not hasattr(module, factory):
+                raise _fail(f"{where} defines no {factory!r}")
+            getattr(module, factory)()
+    unique = list({s.key: s for s in specs}.values())
+    if not unique:
+        raise _fail(f"{target} built no FlexSN module with a kernel backend; nothing to warm")
+    targets = list(arch or ([local_target(torch.device("cuda"))] if torch.cuda.is_available() else []))
+    client = KernelCacheClient(url, token)
+    try:
+        manifests = client.prefetch(unique, targets)
+    except FlexSNError as exc:
+        raise _fail(str(exc)) from None
+    table = Table("key", "entry", "dtype", "targets", "binaries")
+    for spec, manifest in zip(unique, manifests):
+        have = sorted({b["target"] for b in manifest["binaries"]})
+        table.add_row(spec.key[:16], spec.entry, spec.dtype, ",".join(have), str(len(manifest["binaries"])))
+    out.print(table)
+    out.print(f"warmed {len(unique)} kernel(s) into {client.mirror.root}")
 
 
 @app.command("ls")

@@ -233,8 +233,6 @@ def test_validation_errors_of_the_reference() -> None:
         FlexSN(lambda x, v: (1.0, v), 1, 1, 1)
     with pytest.raises(ValueError, match="same number of elements"):
         FlexSN(neurons.lif_hard, 1, 1, 1, example_inputs=(torch.zeros(3), torch.zeros(4)))
-    with pytest.raises(NotImplementedError, match="flexsn_client"):
-        FlexSN(neurons.lif_hard, 1, 1, 1, backend="remote-cache")
 
 
 def test_cpu_without_interpreter_falls_back_to_hop_once(monkeypatch, caplog) -> None:  # noqa: ANN001

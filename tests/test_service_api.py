@@ -153,3 +153,18 @@ def test_size_and_config_parsing() -> None:
         "b1024-w4-s1-a16", "b1024-w4-s1-u", "b512-w2-s3-a16", "b512-w2-s3-u"]
     with pytest.raises(ValueError, match="power of two"):
         parse_configs("1000x4")
+
+
+def test_bundle_returns_verified_blobs_for_a_target(client: TestClient) -> None:
+    import io
+    import tarfile
+
+    art = _artifact("lif_hard", (500, 600))
+    _put(_store(client), art, now=1.0)
+    r = client.get(f"/v1/kernels/{art.key}/bundle", params={"target": "cuda:90"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-tar"
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as archive:
+        members = {m.name: archive.extractfile(m).read() for m in archive.getmembers()}
+    assert set(members) == set(art.blobs)
+    assert all(hashlib.sha256(data).hexdigest() == name for name, data in members.items())
+    assert client.get(f"/v1/kernels/{'b' * 64}/bundle").status_code == 404

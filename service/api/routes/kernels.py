@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import tarfile
 import time
 from typing import Annotated, Any
 
@@ -112,6 +114,41 @@ async def get_kernel(key: SpecKey, ctx: Ctx, _auth: ReadScope) -> Any:
     if manifest is None:
         raise HTTPException(404, f"no kernel with key {key}; POST its spec to /v1/kernels to build it")
     return JSONResponse(manifest)
+
+
+@router.get(
+    "/{key}/bundle",
+    summary="The source and binaries of a kernel (for some targets) in one tar archive",
+    responses={200: {"content": {"application/x-tar": {}}}, 404: {"description": "not stored"}},
+)
+async def get_bundle(
+    key: SpecKey,
+    ctx: Ctx,
+    _auth: ReadScope,
+    target: Annotated[list[str] | None, Query(description="only binaries for these targets")] = None,
+) -> Response:
+    """Members are named by their sha256; the client re-hashes each (one round trip instead of one per blob)."""
+    manifest = await asyncio.to_thread(ctx.store.get_manifest, key, touch=True)
+    if manifest is None:
+        raise HTTPException(404, f"no kernel with key {key}")
+    shas = {manifest["source"]["sha256"]} | {
+        b["sha256"] for b in manifest["binaries"] if not target or b["target"] in target
+    }
+    data = await asyncio.to_thread(_tar, ctx, sorted(shas))
+    return Response(data, media_type="application/x-tar")
+
+
+def _tar(ctx: Ctx, shas: list[str]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for sha in shas:
+            blob = ctx.store.read_blob(sha)
+            if blob is None:
+                continue  # the client notices and fetches it on its own
+            info = tarfile.TarInfo(sha)
+            info.size = len(blob)
+            archive.addfile(info, io.BytesIO(blob))
+    return buffer.getvalue()
 
 
 @router.delete("/{key}", status_code=204, summary="Delete a kernel and its unshared blobs (admin)")

@@ -1,0 +1,252 @@
+"""KernelCacheClient: manifests and binaries from the service, verified and mirrored locally.
+
+    client = KernelCacheClient("http://cache:8000", token=...)
+    manifest = client.get_or_build(spec, progress=True)
+    kernels = client.kernels(spec, torch.device("cuda"))   # a flexsn_core KernelSet
+
+Every blob is checked against its sha256 before it is stored or used; a
+mismatch is fetched once more and then reported (IntegrityError), never
+loaded. The local mirror (``$FLEXSN_CACHE_DIR/artifacts``, the same store the
+local Triton backend uses) keeps what was fetched, so a node that saw a kernel
+works without the service. Nothing received from the service is executed: GPU
+processes load binaries, interpreter processes regenerate the source themselves
+and compare its sha256 with the manifest's.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flexsn_core.artifacts import generate, merge_binaries, sha256_hex
+from flexsn_core.counters import bump
+from flexsn_core.errors import BuildFailedError, CacheUnavailableError, IntegrityError
+from flexsn_core.local import LocalStore, local_target
+from flexsn_core.runtime import KernelSet
+from flexsn_core.spec import KernelSpec
+
+from .api import ServiceAPI
+from .settings import ClientSettings
+
+__all__ = ["KernelCacheClient"]
+
+logger = logging.getLogger("flexsn_client")
+
+_pools: dict[tuple[str, str | None], ServiceAPI] = {}
+_pools_lock = threading.Lock()
+
+
+def shared_api(url: str, token: str | None) -> ServiceAPI:
+    """One connection pool per (service, token) per process."""
+    key = (url.rstrip("/"), token)
+    with _pools_lock:
+        api = _pools.get(key)
+        if api is None:
+            api = _pools[key] = ServiceAPI(url, token)
+        return api
+
+
+def _targets_for(device: torch.device | None) -> list[str]:
+    if device is not None and device.type == "cuda":
+        return [local_target(device)]
+    return []
+
+
+def _only_targets(manifest: dict[str, Any], targets: list[str]) -> dict[str, Any]:
+    """The manifest with the binaries of ``targets`` only (all of them if empty)."""
+    if not targets:
+        return manifest
+    kept = dict(manifest)
+    kept["binaries"] = [b for b in manifest["binaries"] if b["target"] in targets]
+    return kept
+
+
+def _has_targets(manifest: dict[str, Any], targets: list[str]) -> bool:
+    have = {b["target"] for b in manifest["binaries"]}
+    return all(t in have for t in targets)
+
+
+class KernelCacheClient:
+    """Fetches, verifies and mirrors kernel artifacts.
+
+    ``url``/``token``/``local_dir`` default to ``FLEXSN_CACHE_URL``,
+    ``FLEXSN_CACHE_TOKEN`` and ``FLEXSN_CACHE_DIR``. Without a URL the client
+    serves from the local mirror only.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        local_dir: str | Path | None = None,
+        *,
+        api: ServiceAPI | None = None,
+    ) -> None:
+        settings = ClientSettings()
+        self.url = url or settings.url
+        self.token = token if token is not None else settings.token
+        root = Path(local_dir) if local_dir is not None else settings.cache_dir()
+        self.mirror = LocalStore(root / "artifacts")
+        self.api = api if api is not None else (shared_api(self.url, self.token) if self.url else None)
+
+    # ------------------------------------------------------------ blobs
+    def _require_api(self) -> ServiceAPI:
+        if self.api is None:
+            raise CacheUnavailableError(
+                "no kernel cache URL configured (FLEXSN_CACHE_URL or cache_url=...) and the local mirror "
+                "does not have this kernel"
+            )
+        return self.api
+
+    def fetch_blob(self, sha: str) -> bytes:
+        """A verified blob: from the mirror, else from the service (re-fetched once on a mismatch)."""
+        if self.mirror.has_blob(sha):
+            return self.mirror.get_blob(sha)  # re-hashed; a corrupt copy is dropped
+        api = self._require_api()
+        for attempt in (1, 2):
+            data = api.get_blob(sha)
+            if sha256_hex(data) == sha:
+                self.mirror.put_blob(sha, data)
+                return data
+            logger.warning("blob %s… from %s failed its sha256 check (attempt %d)", sha[:16], api.url, attempt)
+        raise IntegrityError(
+            f"blob {sha[:16]}… from {api.url} does not match its sha256 twice; refusing to use it. "
+            "Run `flexsn-cache verify --repair` on the service's store"
+        )
+
+    def _mirror(self, manifest: dict[str, Any], targets: list[str]) -> dict[str, Any]:
+        """Fetch (in parallel) and verify the blobs of ``targets``, store the filtered manifest."""
+        kept = _only_targets(manifest, targets)
+        shas = sorted({kept["source"]["sha256"], *(b["sha256"] for b in kept["binaries"])})
+        missing = [sha for sha in shas if not self.mirror.has_blob(sha)]
+        if len(missing) > 1 and self.api is not None:
+            # One round trip for all of them; each member is re-hashed before it is kept.
+            for sha, data in self.api.get_bundle(kept["key"], targets).items():
+                if sha in missing and sha256_hex(data) == sha:
+                    self.mirror.put_blob(sha, data)
+            missing = [sha for sha in missing if not self.mirror.has_blob(sha)]
+        if missing:  # absent from the bundle or corrupt in it: one by one (re-fetched once on a mismatch)
+            with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+                list(pool.map(self.fetch_blob, missing))
+        existing = self.mirror.get_manifest(kept["key"])
+        if existing is not None:
+            kept = merge_binaries(existing, kept)
+        self.mirror.put_manifest(kept)
+        return kept
+
+    # ------------------------------------------------------------ manifests
+    def get(self, spec: KernelSpec, targets: list[str] | None = None) -> dict[str, Any] | None:
+        """The artifact of ``spec`` with binaries for ``targets``, or None if the service lacks it."""
+        targets = list(targets or [])
+        local = self.mirror.get_manifest(spec.key)
+        if local is not None and _has_targets(local, targets):
+            bump("local_hits")
+            return local
+        manifest = self._require_api().get_manifest(spec.key)
+        if manifest is None or not _has_targets(manifest, targets):
+            bump("remote_misses")
+            return None
+        bump("remote_hits")
+        return self._mirror(manifest, targets)
+
+    def get_or_build(
+        self,
+        spec: KernelSpec,
+        targets: list[str] | None = None,
+        *,
+        wait: bool = True,
+        progress: bool | Callable[[dict[str, Any]], None] = False,
+    ) -> dict[str, Any] | None:
+        """Like :meth:`get`, but asks the service to build what it lacks.
+
+        With ``wait=False`` returns None while the build runs. ``progress=True``
+        shows a progress bar (or pass a callback taking the build status).
+        """
+        found = self.get(spec, targets)
+        if found is not None:
+            return found
+        api = self._require_api()
+        code, body = api.request_kernels(spec, targets or None)
+        if code == 202:
+            if not wait:
+                return None
+            self._wait(body["build_id"], progress)
+            manifest = api.get_manifest(spec.key)
+            if manifest is None:
+                raise BuildFailedError(f"the build of {spec.key[:16]}… succeeded but its manifest is gone")
+        else:
+            manifest = body
+        return self._mirror(manifest, list(targets or []))
+
+    def _wait(self, build_id: str, progress: bool | Callable[[dict[str, Any]], None]) -> None:
+        api = self._require_api()
+        if callable(progress):
+            api.wait_for_build(build_id, on_progress=progress)
+        elif progress:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()) as bar:
+                task = bar.add_task("building", total=None)
+
+                def show(status: dict[str, Any]) -> None:
+                    p = status.get("progress") or {}
+                    bar.update(task, description=f"building: {p.get('stage', status['state'])}",
+                               completed=p.get("done") or 0, total=p.get("total") or None)
+
+                api.wait_for_build(build_id, on_progress=show)
+        else:
+            api.wait_for_build(build_id)
+
+    def prefetch(self, specs: Iterable[KernelSpec], targets: list[str] | None = None) -> list[dict[str, Any]]:
+        """Fetch (building where needed) many specs: all builds are requested before waiting on any."""
+        specs = list(specs)
+        pending = []
+        for spec in specs:
+            if self.get(spec, targets) is None:
+                code, body = self._require_api().request_kernels(spec, targets or None)
+                if code == 202:
+                    pending.append(body["build_id"])
+        for build_id in pending:
+            self._wait(build_id, False)
+        results = []
+        for spec in specs:
+            manifest = self.get_or_build(spec, targets)
+            assert manifest is not None
+            results.append(manifest)
+        return results
+
+    # ------------------------------------------------------------ kernels
+    def kernels(self, spec: KernelSpec, device: torch.device, *, build: bool = True) -> KernelSet:
+        """A launchable KernelSet of ``spec`` for ``device`` (raises if unavailable)."""
+        targets = _targets_for(device)
+        manifest = self.get_or_build(spec, targets) if build else self.get(spec, targets)
+        if manifest is None:
+            raise BuildFailedError(f"the kernel cache has no kernels for {spec.entry} ({spec.key[:16]}…)")
+        if device.type == "cpu":
+            # Never run source received from the service: regenerate and compare.
+            ks = KernelSet(manifest, generated=generate(spec))
+        else:
+            ks = KernelSet(manifest, fetch=self.fetch_blob)
+        ks.on_tuned = lambda decision, _key=spec.key: self._tuned(_key, decision)
+        return ks
+
+    def _tuned(self, key: str, decision: dict[str, Any]) -> None:
+        """Keep a tuning decision in the mirror and report it to the service (in the background)."""
+        self.mirror.record_tuning(key, decision)
+        if self.api is None:
+            return
+        choice = {k: decision[k] for k in ("kind", "bucket", "variant", "config_id")}
+
+        def report() -> None:
+            try:
+                self.api.report_tuning(key, decision["target"], [choice])  # type: ignore[union-attr]
+            except Exception as exc:  # noqa: BLE001 - reporting is best effort
+                logger.debug("could not report tuning of %s… to the service: %s", key[:16], exc)
+
+        threading.Thread(target=report, name="flexsn-tuning-report", daemon=True).start()

@@ -1,0 +1,86 @@
+"""Kernels for ``FlexSN(backend="remote-cache")``: the cache first, never a stopped job.
+
+Order: the local mirror, then the service (which builds what it lacks). If
+the service cannot be reached, or cannot build the spec, or sends a blob that
+fails its sha256 check, one warning says so and the kernels are built
+locally; if that is impossible too, the module runs the HOP path. A rejected
+token is a configuration error and raises AuthError.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+
+import torch
+
+from flexsn_core.errors import AuthError, FlexSNError
+from flexsn_core.local import kernels_for
+from flexsn_core.runtime import KernelSet
+from flexsn_core.spec import KernelSpec
+
+from .cache import KernelCacheClient
+
+__all__ = ["RemoteProvider", "remote_provider", "KernelCacheWarning"]
+
+logger = logging.getLogger("flexsn_client")
+
+
+class KernelCacheWarning(UserWarning):
+    """The kernel cache could not serve a kernel; FlexSN used a fallback."""
+
+
+class RemoteProvider:
+    def __init__(self, client: KernelCacheClient) -> None:
+        self.client = client
+        self.settings: tuple[str | None, str | None] = (client.url, client.token)
+        self._memo: dict[tuple[str, torch.device], KernelSet | None] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, spec: KernelSpec, device: torch.device) -> KernelSet | None:
+        key = (spec.key, device)
+        with self._lock:
+            if key in self._memo:
+                return self._memo[key]
+        ks = self._resolve(spec, device)
+        with self._lock:
+            return self._memo.setdefault(key, ks)
+
+    def _resolve(self, spec: KernelSpec, device: torch.device) -> KernelSet | None:
+        try:
+            return self.client.kernels(spec, device)
+        except AuthError:
+            raise
+        except FlexSNError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        try:
+            ks = kernels_for(spec, device)
+        except FlexSNError as exc:
+            warnings.warn(
+                f"FlexSN: the kernel cache could not serve {spec.entry} ({reason}) and a local build failed "
+                f"({type(exc).__name__}: {exc}); using the HOP path (slower, same results)",
+                KernelCacheWarning,
+                stacklevel=4,
+            )
+            return None
+        warnings.warn(
+            f"FlexSN: the kernel cache could not serve {spec.entry} ({reason}); built its kernels locally",
+            KernelCacheWarning,
+            stacklevel=4,
+        )
+        return ks
+
+
+_providers: dict[tuple[str | None, str | None], RemoteProvider] = {}
+_providers_lock = threading.Lock()
+
+
+def remote_provider(url: str | None = None, token: str | None = None) -> RemoteProvider:
+    """The process-wide provider for a service URL and token (settings from the environment if None)."""
+    with _providers_lock:
+        provider = _providers.get((url, token))
+        if provider is None:
+            provider = _providers[(url, token)] = RemoteProvider(KernelCacheClient(url, token))
+            provider.settings = (url, token)  # what a pickled FlexSN needs to reconnect
+        return provider
