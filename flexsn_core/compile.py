@@ -173,7 +173,7 @@ def compile_kernel(gen: GeneratedKernels, kind: str, config: KernelConfig, targe
     src = ASTSource(
         fn=fn,
         signature=_signature(kdef),
-        constexprs={"BLOCK": config.block},
+        constexprs={"BLOCK": config.block, "INTERPRET": False},
         attrs=_attrs(kdef, config.aligned),
     )
     options = {

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["CudaDriverError", "LoadedFunction", "driver"]
@@ -33,14 +33,26 @@ class CudaDriverError(RuntimeError):
 
 @dataclass
 class LoadedFunction:
-    """A kernel loaded into one device's primary context."""
+    """A kernel loaded into one device's primary context.
+
+    ``values`` and ``params`` are made once: a launch only writes the new
+    argument values into them (building ctypes objects per call costs more
+    than the launch itself). ``lock`` keeps two threads from interleaving.
+    """
 
     module: ctypes.c_void_p
     function: ctypes.c_void_p
     num_warps: int
     shared: int
     device: int
-    arg_types: tuple[Any, ...]  # ctypes type per non-constexpr param
+    arg_types: tuple[Any, ...]  # ctypes type per non-constexpr param (+ the two scratch pointers)
+    values: list[Any] = field(default_factory=list)
+    params: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.values = [ty(0) for ty in self.arg_types]
+        self.params = (ctypes.c_void_p * len(self.values))(*[ctypes.addressof(v) for v in self.values])
 
 
 class _Driver:
@@ -139,12 +151,14 @@ class _Driver:
         return LoadedFunction(module, function, int(launch["num_warps"]), shared, device, tuple(arg_types))
 
     def launch(self, fn: LoadedFunction, grid: int, stream: int, args: list[Any]) -> None:
-        values = [ty(v) for ty, v in zip(fn.arg_types, (*args, 0, 0))]
-        params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-        result = self.lib.cuLaunchKernel(
-            fn.function, grid, 1, 1, 32 * fn.num_warps, 1, 1, fn.shared, stream, params, None
-        )
-        self.check(result, "cuLaunchKernel")
+        with fn.lock:
+            for slot, value in zip(fn.values, args):  # the scratch pointers stay 0
+                slot.value = value
+            result = self.lib.cuLaunchKernel(
+                fn.function, grid, 1, 1, 32 * fn.num_warps, 1, 1, fn.shared, stream, fn.params, None
+            )
+        if result != CUDA_SUCCESS:
+            self.check(result, "cuLaunchKernel")
 
 
 _driver: _Driver | None = None

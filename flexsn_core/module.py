@@ -547,8 +547,11 @@ class FlexSN(MemoryModule):
             if store:
                 self.state_seqs = list(res[no + ns : no + 2 * ns])
             return list(res[:no])
+        # Outside torch.compile, call the op's implementation directly: the
+        # dispatcher round trip costs more than the kernel on small inputs.
+        eager = not torch.compiler.is_compiling()
         if store:
-            res = torch.ops.flexsn.inference(handle, inputs, states, statics)
+            res = (ops.inference if eager else torch.ops.flexsn.inference)(handle, inputs, states, statics)
             seqs = list(res[no:])
             self.state_seqs = seqs
             T = inputs[0].shape[0]
@@ -557,7 +560,7 @@ class FlexSN(MemoryModule):
             elif not states:
                 self.states = self.init_states(ns, "m", *inputs)
             return list(res[:no])
-        res = torch.ops.flexsn.inference_final(handle, inputs, states, statics)
+        res = (ops.inference_final if eager else torch.ops.flexsn.inference_final)(handle, inputs, states, statics)
         self.states = list(res[no:])
         return list(res[:no])
 

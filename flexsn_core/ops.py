@@ -24,7 +24,6 @@ zeros tensor (zero-state elision).
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 import weakref
 from collections.abc import Callable
@@ -170,24 +169,24 @@ def attach_finalizer(owner: object, handle: int) -> weakref.finalize:
 # --------------------------------------------------------------------------
 # helpers shared by the real and fake implementations
 # --------------------------------------------------------------------------
-def _flat_one(x: Tensor) -> Tensor:
-    """``[T, *shape]`` as a contiguous ``[T, N]`` (T may be 0)."""
-    return x.contiguous().view(x.shape[0], math.prod(x.shape[1:]))
-
-
-def _flat(xs: list[Tensor]) -> list[Tensor]:
-    return [_flat_one(x) for x in xs]
-
-
 def _prepare(handle: KernelHandle, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor]):  # noqa: ANN202
+    """Kernel set, contiguous inputs and states (None: implicit zeros), prepared statics.
+
+    Kernels take data pointers and element counts, so no reshaping is needed:
+    a ``[T, *shape]`` tensor is already a ``[T, N]`` stream.
+    """
     x0 = inputs[0]
     ks = handle.kernels(x0.device)
-    elem = x0.shape[1:]
+    contiguous = [x if x.is_contiguous() else x.contiguous() for x in inputs]
     flat_states: list[Tensor | None] = (
-        [s.contiguous().view(-1) for s in states] if states else [None] * handle.spec.num_states
+        [s if s.is_contiguous() else s.contiguous() for s in states] if states else [None] * handle.spec.num_states
     )
-    prepared = [StaticArg.prepare(s, elem, ks.dtype) for s in statics]
-    return ks, _flat(inputs), flat_states, prepared
+    prepared = [StaticArg.prepare(s, x0.shape[1:], ks.dtype) for s in statics] if statics else []
+    return ks, contiguous, flat_states, prepared
+
+
+def _contiguous(xs: list[Tensor]) -> list[Tensor]:
+    return [x if x.is_contiguous() else x.contiguous() for x in xs]
 
 
 def _seq_like(x0: Tensor, n: int) -> list[Tensor]:
@@ -208,11 +207,9 @@ def _returns_seqs(handle: KernelHandle, store_state_seqs: bool) -> bool:
 @_kernel("inference")
 def inference(handle: int, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor]) -> list[Tensor]:
     """Outputs and state sequences (``[T, ...]`` each)."""
-    h = lookup_handle(handle)
-    ks, flat, flat_states, prepared = _prepare(h, inputs, states, statics)
-    outs, sseqs = run_inference(ks, flat, flat_states, prepared)
-    shape = inputs[0].shape
-    return [t.view(shape) for t in (*outs, *sseqs)]
+    ks, xs, flat_states, prepared = _prepare(lookup_handle(handle), inputs, states, statics)
+    outs, sseqs = run_inference(ks, xs, flat_states, prepared)
+    return [*outs, *sseqs]
 
 
 @_fake("inference")
@@ -224,11 +221,9 @@ def _inference_fake(handle: int, inputs: list[Tensor], states: list[Tensor], sta
 @_kernel("inference_final")
 def inference_final(handle: int, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor]) -> list[Tensor]:
     """Outputs (``[T, ...]``) and final states."""
-    h = lookup_handle(handle)
-    ks, flat, flat_states, prepared = _prepare(h, inputs, states, statics)
-    outs, finals = run_inference_final(ks, flat, flat_states, prepared)
-    shape = inputs[0].shape
-    return [o.view(shape) for o in outs] + [f.view(shape[1:]) for f in finals]
+    ks, xs, flat_states, prepared = _prepare(lookup_handle(handle), inputs, states, statics)
+    outs, finals = run_inference_final(ks, xs, flat_states, prepared)
+    return [*outs, *finals]
 
 
 @_fake("inference_final")
@@ -246,14 +241,13 @@ def training(
 ) -> list[Tensor]:
     """Outputs, final states, state sequences (if stored or needed), saved buffers."""
     h = lookup_handle(handle)
-    ks, flat, flat_states, prepared = _prepare(h, inputs, states, statics)
-    outs, sseqs, finals, extras = run_forward(ks, flat, flat_states, prepared, store_state_seqs=store_state_seqs)
-    shape = inputs[0].shape
-    result = [o.view(shape) for o in outs] + [f.view(shape[1:]) for f in finals]
+    ks, xs, flat_states, prepared = _prepare(h, inputs, states, statics)
+    outs, sseqs, finals, extras = run_forward(ks, xs, flat_states, prepared, store_state_seqs=store_state_seqs)
+    result = [*outs, *finals]
     if _returns_seqs(h, store_state_seqs):
         assert sseqs is not None
-        result += [s.view(shape) for s in sseqs]
-    return result + [e.view(shape) for e in extras]
+        result += sseqs
+    return result + extras
 
 
 @_fake("training")
@@ -283,23 +277,26 @@ def backward(
 ) -> list[Tensor]:
     """Gradients of the inputs, the given initial states and the statics that require grad."""
     h = lookup_handle(handle)
-    ks, flat, flat_states, prepared = _prepare(h, inputs, states, statics)
+    ks, xs, flat_states, prepared = _prepare(h, inputs, states, statics)
+
+    def maybe(gs: list[Tensor | None]) -> list[Tensor | None]:
+        return [None if g is None else (g if g.is_contiguous() else g.contiguous()) for g in gs]
+
     g_in, g_init, g_st = run_backward(
         ks,
-        flat,
+        xs,
         flat_states,
         prepared,
-        _flat(outs),
-        _flat(sseqs) if sseqs else None,
-        _flat(extras),
-        [None if g is None else _flat_one(g) for g in grad_outs],
-        [None if g is None else _flat_one(g) for g in grad_sseqs] or [None] * h.spec.num_states,
-        [None if g is None else g.contiguous().view(-1) for g in grad_finals],
+        _contiguous(outs),
+        _contiguous(sseqs) if sseqs else None,
+        _contiguous(extras),
+        maybe(grad_outs),
+        maybe(grad_sseqs) or [None] * h.spec.num_states,
+        maybe(grad_finals),
     )
-    shape = inputs[0].shape
-    result = [g.view(shape) for g in g_in if g is not None]
+    result = [g for g in g_in if g is not None]
     if states:
-        result += [g.view(shape[1:]) for g in g_init if g is not None]
+        result += [g for g in g_init if g is not None]
     return result + [g for g in g_st if g is not None]
 
 

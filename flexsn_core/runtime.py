@@ -115,9 +115,24 @@ class KernelSet:
             config = KernelConfig.from_dict(entry["config"])
             self._binaries[(entry["kind"], entry["target"], config.id)] = _Binary(entry, config)
         self._loaded: dict[tuple[str, str, int], Any] = {}
+        # Non-constexpr parameter names per kind, in launch order.
+        self._arg_names = {kind: [n for n, ty in params if ty != "constexpr"] for kind, params in self.params.items()}
+        self._choices: dict[tuple[str, int, int, bool], tuple[Any, int]] = {}
         self._interp: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._dummy: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        spec = self.spec
+        #: parameter names by role, e.g. names["in"] == ["in0", "in1"]
+        self.names: dict[str, list[str]] = {
+            "in": [f"in{i}" for i in range(spec.num_inputs)],
+            "init": [f"init{j}" for j in range(spec.num_states)],
+            "init_flag": [f"init{j}_flag" for j in range(spec.num_states)],
+            "st": [f"st{c}" for c in range(spec.num_static)],
+            "st_stride": [f"st{c}_stride" for c in range(spec.num_static)],
+            "out": [f"out{i}" for i in range(spec.num_outputs)],
+            "sseq": [f"sseq{j}" for j in range(spec.num_states)],
+            "fin": [f"fin{j}" for j in range(spec.num_states)],
+        }
         #: called with each new tuning decision (to store or report it)
         self.on_tuned: Callable[[dict[str, Any]], None] | None = None
 
@@ -156,10 +171,9 @@ class KernelSet:
         """Launch ``kind`` with arguments by parameter name (T and N included)."""
         if n == 0 or values["T"] == 0:
             return
-        params = self.params[kind]
-        args = [values[name] for name, ty in params if ty != "constexpr"]
+        args = [values[name] for name in self._arg_names[kind]]
         if device.type == "cuda":
-            self._launch_cuda(kind, args, params, n, device)
+            self._launch_cuda(kind, args, n, device)
         elif device.type == "cpu":
             self._launch_interpreter(kind, args, n)
         else:
@@ -178,18 +192,28 @@ class KernelSet:
             fn = InterpretedFunction(getattr(module, self._generated.kernels[kind].name))
             self._interp[kind] = fn
         block = min(1024, max(16, 1 << (n - 1).bit_length()))
-        fn[((n + block - 1) // block,)](*args, BLOCK=block)
+        fn[((n + block - 1) // block,)](*args, BLOCK=block, INTERPRET=True)
 
-    def _launch_cuda(self, kind: str, args: list[Any], params: list[tuple[str, str]], n: int, device: torch.device) -> None:
-        major, minor = torch.cuda.get_device_capability(device)
-        target = f"cuda:{major * 10 + minor}"
-        aligned = n % 16 == 0 and all(
-            a.data_ptr() % 16 == 0 for a in args if isinstance(a, torch.Tensor)
-        )
-        bucket = size_bucket(n)
-        config_id = self.tuned_config_id(target, kind, bucket, aligned)
-        index = device.index if device.index is not None else torch.cuda.current_device()
+    def _launch_cuda(self, kind: str, args: list[Any], n: int, device: torch.device) -> None:
         ptr_args = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
+        aligned = n % 16 == 0 and all(p % 16 == 0 for p, a in zip(ptr_args, args) if isinstance(a, torch.Tensor))
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        choice = self._choices.get((kind, index, size_bucket(n), aligned))
+        if choice is None:
+            choice = self._choose(kind, index, n, aligned, ptr_args)
+        fn, block = choice
+        fn((n + block - 1) // block, torch.cuda.current_stream(device).cuda_stream, ptr_args)
+
+    def _choose(self, kind: str, index: int, n: int, aligned: bool, ptr_args: list[Any]) -> tuple[Any, int]:
+        """The binary for (kind, device, size bucket, alignment): tuned, autotuned now, or the default.
+
+        Cached, so later calls in the bucket cost one dict lookup.
+        """
+        major, minor = torch.cuda.get_device_capability(index)
+        target = f"cuda:{major * 10 + minor}"
+        bucket = size_bucket(n)
+        params = self.params[kind]
+        config_id = self.tuned_config_id(target, kind, bucket, aligned)
         if config_id is None:
             candidates = usable_configs(self.configs(kind, target), aligned)
             if not candidates:
@@ -202,9 +226,9 @@ class KernelSet:
             else:
                 config_id = _default_config_id(candidates, aligned)
         binary = self._binaries[(kind, target, config_id)]
-        fn = self._function(kind, target, binary, params, index)
-        grid = (n + binary.config.block - 1) // binary.config.block
-        fn(grid, torch.cuda.current_stream(device).cuda_stream, ptr_args)
+        choice = (self._function(kind, target, binary, params, index), binary.config.block)
+        self._choices[(kind, index, bucket, aligned)] = choice
+        return choice
 
     def _autotune(
         self,
@@ -299,7 +323,7 @@ def _triton_launcher(cubin: bytes, entry: dict[str, Any], params: list[tuple[str
     (folder / f"{name}.cubin").write_bytes(cubin)
     arg_names = [n for n, _ in params]
     signature = {n: t for n, t in params}
-    constants = {(arg_names.index("BLOCK"),): entry["config"]["block"]}
+    constants = {(arg_names.index("BLOCK"),): entry["config"]["block"], (arg_names.index("INTERPRET"),): False}
     src = SimpleNamespace(
         signature=signature, constants=constants, fn=SimpleNamespace(arg_names=arg_names)
     )
@@ -309,7 +333,7 @@ def _triton_launcher(cubin: bytes, entry: dict[str, Any], params: list[tuple[str
 
     def launch(grid: int, stream: int, args: list[Any]) -> None:
         with torch.cuda.device(device):
-            kernel[(grid, 1, 1)](*args, block, stream=stream)
+            kernel[(grid, 1, 1)](*args, block, False, stream=stream)
 
     return launch
 
@@ -354,18 +378,19 @@ def _common(
     statics: Sequence[StaticArg],
 ) -> tuple[dict[str, Any], int, int, torch.device]:
     x0 = inputs[0]
-    T, N = x0.shape[0], math.prod(x0.shape[1:])
+    shape = x0.shape
+    T, N = shape[0], math.prod(shape[1:])
     device = x0.device
-    dummy = ks.dummy(device)
+    names = ks.names
     values: dict[str, Any] = {"T": T, "N": N}
-    for i, x in enumerate(inputs):
-        values[f"in{i}"] = x
-    for j, s in enumerate(inits):
-        values[f"init{j}"] = dummy if s is None else s
-        values[f"init{j}_flag"] = 0 if s is None else 1
-    for c, st in enumerate(statics):
-        values[f"st{c}"] = st.tensor
-        values[f"st{c}_stride"] = st.stride
+    values.update(zip(names["in"], inputs))
+    for name, flag, s in zip(names["init"], names["init_flag"], inits):
+        if s is None:
+            values[name], values[flag] = ks.dummy(device), 0
+        else:
+            values[name], values[flag] = s, 1
+    for name, stride, st in zip(names["st"], names["st_stride"], statics):
+        values[name], values[stride] = st.tensor, st.stride
     return values, T, N, device
 
 
@@ -388,8 +413,8 @@ def run_inference(
     spec = ks.spec
     outs = _empty_seq(inputs[0], spec.num_outputs)
     sseqs = _empty_seq(inputs[0], spec.num_states)
-    values.update({f"out{i}": o for i, o in enumerate(outs)})
-    values.update({f"sseq{j}": s for j, s in enumerate(sseqs)})
+    values.update(zip(ks.names["out"], outs))
+    values.update(zip(ks.names["sseq"], sseqs))
     ks.launch("inference", values, N, device)
     return outs, sseqs
 
@@ -407,8 +432,8 @@ def run_inference_final(
     if T == 0:
         return outs, _finals_when_empty(inits, inputs[0])
     finals = [inputs[0].new_empty(inputs[0].shape[1:]) for _ in range(spec.num_states)]
-    values.update({f"out{i}": o for i, o in enumerate(outs)})
-    values.update({f"fin{j}": f for j, f in enumerate(finals)})
+    values.update(zip(ks.names["out"], outs))
+    values.update(zip(ks.names["fin"], finals))
     ks.launch("inference_final", values, N, device)
     return outs, finals
 

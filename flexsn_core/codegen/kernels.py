@@ -102,7 +102,8 @@ class GeneratedKernels:
 def load_expr(ptr: str, dtype: torch.dtype, mask: str) -> str:
     raw = f"tl.load({ptr}, mask={mask}, other=0)"
     if dtype == torch.bfloat16:
-        return f"({raw}.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)"
+        emulated = f"({raw}.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)"
+        return f"({emulated} if INTERPRET else {raw}.to(tl.float32))"
     if dtype == torch.float16:
         return f"{raw}.to(tl.float32)"
     return raw
@@ -111,7 +112,9 @@ def load_expr(ptr: str, dtype: torch.dtype, mask: str) -> str:
 def store_line(ptr: str, value: Val, dtype: torch.dtype, mask: str, e: Emitter) -> str:
     expr = e.as_(value, physical(dtype))
     if dtype == torch.bfloat16:
-        expr = f"({expr}.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)"
+        # The value is already bf16-exact, so either conversion is exact.
+        emulated = f"({expr}.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)"
+        expr = f"({emulated} if INTERPRET else {expr}.to(tl.bfloat16))"
     elif dtype == torch.float16:
         expr = f"({expr}).to(tl.float16)"
     return f"tl.store({ptr}, {expr}, mask={mask})"
@@ -144,6 +147,8 @@ class _Kernel:
         self.params.append(("T", "i32"))
         self.params.append(("N", "i64"))
         self.params.append(("BLOCK", "constexpr"))
+        # True only in Triton's interpreter: selects exact bf16 emulation (see lower.py).
+        self.params.append(("INTERPRET", "constexpr"))
         args = ",\n    ".join(
             f"{n}: tl.constexpr" if t == "constexpr" else n for n, t in self.params
         )

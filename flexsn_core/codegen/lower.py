@@ -6,9 +6,10 @@ PyTorch loop it replaces:
 * every floating value lives in an fp32 register (fp64 for fp64 nodes), and
   an fp16/bf16 node's result is rounded to its dtype right after the op, as
   PyTorch rounds after each op; transcendentals therefore run in fp32;
-* bf16 rounding and bf16 loads/stores are written as integer bit operations
-  (round-to-nearest-even), which are exact on the GPU and in Triton's
-  interpreter alike (the interpreter's own bf16 conversion is not);
+* bf16 rounding, loads and stores use the native conversions when compiled
+  and exact integer bit operations (round-to-nearest-even) in Triton's
+  interpreter, whose own bf16 conversion is wrong; a constexpr ``INTERPRET``
+  picks one, so the generated source is the same for both;
 * division is IEEE (``div_rn``), square roots are correctly rounded.
 
 Functions that ``tl`` lacks in the interpreter (tanh, atan, expm1, log1p,
@@ -173,10 +174,13 @@ class Emitter:
         if dtype == torch.float16:
             return f"{_paren(expr)}.to(tl.float16).to(tl.float32)"
         if dtype == torch.bfloat16:
+            # Native conversion when compiled; exact integer emulation in the
+            # interpreter, whose own bf16 rounding is wrong (INTERPRET is a constexpr:
+            # only one side of the conditional is ever compiled or run).
             x = self.tmp(expr)
-            u = self.tmp(f"{x}.to(tl.uint32, bitcast=True)")
-            r = f"(({u} + 0x7FFF + (({u} >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)"
-            return f"tl.where({x} != {x}, {x}, {r})"
+            u = f"{x}.to(tl.uint32, bitcast=True)"
+            emulated = f"tl.where({x} != {x}, {x}, (({u} + 0x7FFF + (({u} >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True))"
+            return f"({emulated} if INTERPRET else {x}.to(tl.bfloat16).to(tl.float32))"
         return expr
 
     def assign(self, node: fx.Node, expr: str, dtype: torch.dtype | None = None) -> Val:
