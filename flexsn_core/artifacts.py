@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ._version import CODEGEN_VERSION
 from .codegen.kernels import KINDS, GeneratedKernels, generate_kernels
-from .compile import DEFAULT_CONFIGS, KernelConfig, compile_kernel, parse_target
+from .compile import DEFAULT_CONFIGS, CompiledBinary, KernelConfig, compile_kernel, parse_target
+from .counters import bump
 from .errors import ArtifactError, IntegrityError
 from .spec import KernelSpec, triton_version
 from .trace import trace_core
@@ -115,11 +117,13 @@ def build_artifacts(
     *,
     progress: Progress | None = None,
     generated: GeneratedKernels | None = None,
+    workers: int | None = None,
 ) -> Artifact:
     """Build every kernel kind of ``spec`` for every config and target.
 
     Runs on a machine without a GPU. ``progress(stage, done, total)`` is called
-    after tracing and after each compiled binary.
+    after tracing and after each compiled binary. Binaries compile in
+    ``workers`` forked processes (default: up to 8 cores) when that is safe.
     """
     for target in targets:
         parse_target(target)
@@ -133,8 +137,8 @@ def build_artifacts(
     jobs = [(kind, config, target) for target in targets for kind in gen.kernels for config in configs]
     if progress:
         progress("traced", 0, len(jobs))
-    for done, (kind, config, target) in enumerate(jobs, start=1):
-        binary = compile_kernel(gen, kind, config, target)
+    for done, binary in enumerate(_compile_all(gen, jobs, workers), start=1):
+        kind, config, target = binary.kind, binary.config, binary.target
         blobs[binary.sha256] = binary.binary
         manifest["binaries"].append(
             {
@@ -171,6 +175,59 @@ def merge_binaries(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any
         tuning.setdefault(target, table)
     merged["tuning"] = tuning
     return merged
+
+
+_pool_generated: GeneratedKernels | None = None  # what forked compile workers inherit
+
+
+def _compile_in_child(job: tuple[str, KernelConfig, str]) -> CompiledBinary:
+    assert _pool_generated is not None
+    return compile_kernel(_pool_generated, *job)
+
+
+def _fork_is_safe() -> bool:
+    """Forking is safe in a single-threaded process that has not touched CUDA."""
+    import multiprocessing
+    import threading
+
+    import torch
+
+    return (
+        "fork" in multiprocessing.get_all_start_methods()
+        and threading.active_count() == 1
+        and not torch.cuda.is_initialized()
+    )
+
+
+def _compile_all(
+    gen: GeneratedKernels, jobs: list[tuple[str, KernelConfig, str]], workers: int | None
+) -> Iterator[CompiledBinary]:
+    """Compiled binaries in job order, from a pool of forked processes when possible.
+
+    Compilation is CPU-bound and holds the GIL for much of its time, so threads
+    barely help; forked children inherit the imported Triton and the generated
+    module and share nothing else.
+    """
+    global _pool_generated
+    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    if workers <= 1 or len(jobs) <= 1 or not _fork_is_safe():
+        for job in jobs:
+            yield compile_kernel(gen, *job)
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    from .compile import load_generated_module
+
+    load_generated_module(gen)  # write and import it once, before forking
+    _pool_generated = gen
+    try:
+        context = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+            yield from pool.map(_compile_in_child, jobs)
+    finally:
+        _pool_generated = None
+    bump("compiles", len(jobs))  # children counted in their own processes
 
 
 def validate_manifest(manifest: dict[str, Any]) -> None:

@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics,
             configs=settings.config_list,
         )
+        manager.start()
         metrics.watch_store(store.stats)
         app.state.ctx = ServiceContext(settings, store, tokens, manager, metrics, targets, gpu_target)
         if tokens.enabled:

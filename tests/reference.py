@@ -5,13 +5,28 @@ from __future__ import annotations
 import torch
 
 
+def _fp32_step(core):
+    """The step semantics of fp16/bf16 kernels: compute in fp32, store in the dtype."""
+
+    def step(*args):
+        dtype = args[0].dtype
+        res = core(*(a.float() for a in args))
+        res = (res,) if isinstance(res, torch.Tensor) else tuple(res)
+        return tuple(r.to(dtype) for r in res)
+
+    return step
+
+
 def run_reference(core, num_outputs, xs, inits, statics, grads=None):
     """Loop ``core`` over time with autograd.
 
     Returns outputs, state sequences and final states; with ``grads`` =
     (grad_outs, grad_sseqs, grad_finals) also the gradients of inputs, initial
-    states and statics (None entries in grads are skipped).
+    states and statics (None entries in grads are skipped). For fp16/bf16 each
+    step computes in fp32 and rounds what it returns, as the kernels do.
     """
+    if xs[0].dtype in (torch.float16, torch.bfloat16):
+        core = _fp32_step(core)
     xs = [x.detach().clone().requires_grad_(True) for x in xs]
     inits = [s.detach().clone().requires_grad_(True) for s in inits]
     statics = [s.detach().clone().requires_grad_(True) for s in statics]

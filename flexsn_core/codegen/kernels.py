@@ -112,12 +112,18 @@ def load_expr(ptr: str, dtype: torch.dtype, mask: str) -> str:
 def store_line(ptr: str, value: Val, dtype: torch.dtype, mask: str, e: Emitter) -> str:
     expr = e.as_(value, physical(dtype))
     if dtype == torch.bfloat16:
-        # The value is already bf16-exact, so either conversion is exact.
-        emulated = f"({expr}.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)"
-        expr = f"({emulated} if INTERPRET else {expr}.to(tl.bfloat16))"
+        # Round to nearest even: natively when compiled; in the interpreter round
+        # exactly (emulated), after which dropping the low half is exact.
+        rounded = e.tmp(e.round_to(expr, dtype))
+        emulated = f"({rounded}.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)"
+        expr = f"({emulated} if INTERPRET else {_paren_name(expr)}.to(tl.bfloat16))"
     elif dtype == torch.float16:
         expr = f"({expr}).to(tl.float16)"
     return f"tl.store({ptr}, {expr}, mask={mask})"
+
+
+def _paren_name(expr: str) -> str:
+    return expr if expr.isidentifier() else f"({expr})"
 
 
 class _Kernel:
@@ -263,7 +269,11 @@ def _forward_kernel(
     for m, (ptr, node) in enumerate(zip(savs, extras)):
         e.line(store_line(f"{ptr} + row + offs", e.env[node], _node_dtype(node), "mask", e))
     # Rebind the loop-carried states through temporaries (a core may swap states).
-    new_states = [e.tmp(e.as_(e.env[user[spec.num_outputs + j]], physical(dtype))) for j in range(spec.num_states)]
+    # States carried to the next step are rounded to the dtype, as the loop would store them.
+    new_states = [
+        e.tmp(e.round_to(e.as_(e.env[user[spec.num_outputs + j]], physical(dtype)), dtype))
+        for j in range(spec.num_states)
+    ]
     for j, name in enumerate(new_states):
         e.line(f"{state_vals[j].expr} = {name}")
     post = k.emitter("    ", "q")
@@ -376,7 +386,7 @@ def _backward_kernel(traced: TracedCore, plan: SavePlan) -> tuple[str, KernelDef
     for i in range(ni):
         if req[i]:
             b.line(store_line(f"{gins[i]} + row + offs", grad_val(i), dtype, "mask", b))
-    new_carries = [b.tmp(b.as_(grad_val(ni + j), physical(dtype))) for j in range(ns)]
+    new_carries = [b.tmp(b.round_to(b.as_(grad_val(ni + j), physical(dtype)), dtype)) for j in range(ns)]
     for c in accs:
         gv = grad_val(ni + ns + c)
         b.line(f"acc{c} = acc{c} + {b.as_(gv, torch.float32)}")

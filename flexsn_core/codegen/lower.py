@@ -1,11 +1,13 @@
 """Lower FX graph nodes (aten ops) to Triton expressions.
 
-Numerics follow PyTorch's eager semantics so a kernel matches the plain
-PyTorch loop it replaces:
+Numerics:
 
-* every floating value lives in an fp32 register (fp64 for fp64 nodes), and
-  an fp16/bf16 node's result is rounded to its dtype right after the op, as
-  PyTorch rounds after each op; transcendentals therefore run in fp32;
+* every floating value lives in an fp32 register (fp64 for fp64 nodes), so
+  transcendentals run in fp32; for fp16/bf16 cores one time step computes in
+  fp32 and values are rounded to the dtype where they leave the step (stored
+  outputs, state sequences, saved buffers, and the states and state gradients
+  carried to the next step) -- what ``torch.compile`` does for a fused
+  elementwise chain; fp32 cores match PyTorch eager op for op;
 * bf16 rounding, loads and stores use the native conversions when compiled
   and exact integer bit operations (round-to-nearest-even) in Triton's
   interpreter, whose own bf16 conversion is wrong; a constexpr ``INTERPRET``
@@ -184,9 +186,9 @@ class Emitter:
         return expr
 
     def assign(self, node: fx.Node, expr: str, dtype: torch.dtype | None = None) -> Val:
+        # fp16/bf16 values stay in fp32 registers within a step (no rounding here);
+        # they are rounded where they are stored or carried to the next step.
         dtype = dtype or node_dtype(node)
-        if physical(dtype) in (torch.float32,) and dtype != torch.float32:
-            expr = self.round_to(expr, dtype)
         name = f"{self.prefix}_{node.name}"
         self.line(f"{name} = {expr}")
         return Val(name, dtype)
@@ -392,10 +394,23 @@ def _fdiv(a: str, b: str, c: torch.dtype) -> str:
     return f"{a} / {b}"
 
 
+def _power_of_two_reciprocal(value: object) -> float | None:
+    """1/value when that is exact (value a power of two), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value != 0:
+        mantissa, _ = math.frexp(float(value))
+        if abs(mantissa) == 0.5 and math.isfinite(value):
+            return 1.0 / float(value)
+    return None
+
+
 @lowers(aten.div.Tensor, aten.div.Scalar, aten.true_divide.Tensor)
 def _div(e: Emitter, node: fx.Node) -> Val:
     c = _compute_type(node)
     a, b = _operands(e, node, c, 0, 1)
+    reciprocal = _power_of_two_reciprocal(node.args[1])
+    if reciprocal is not None:
+        # x / 2**k == x * 2**-k exactly; a multiply instead of an IEEE division.
+        return e.assign(node, f"{a} * {float_literal(reciprocal)}")
     return e.assign(node, _fdiv(a, b, c))
 
 
@@ -777,10 +792,12 @@ def _sqrt(e: Emitter, node: fx.Node) -> Val:
 
 @lowers(aten.sigmoid.default)
 def _sigmoid(e: Emitter, node: fx.Node) -> Val:
+    # A fast (approximate, <= 2 ulp) reciprocal: exp is approximate already, and
+    # an IEEE division here would make compute, not memory, the bottleneck.
     c = _compute_type(node)
     (x,) = _operands(e, node, c, 0)
     one = e.as_(literal(1.0), c)
-    return e.assign(node, _fdiv(one, f"({one} + tl.exp(-{x}))", c))
+    return e.assign(node, f"{one} / ({one} + tl.exp(-{x}))")
 
 
 @lowers(aten.tanh.default)

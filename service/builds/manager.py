@@ -106,8 +106,13 @@ class BuildManager:
         self.records: dict[str, BuildRecord] = {}
         self.inflight: dict[str, BuildRecord] = {}
         self._slots = asyncio.Semaphore(workers)
+        self._slots_total = workers
         self._procs: set[asyncio.subprocess.Process] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: warmed-up workers waiting for a job (started lazily, refilled as they are used)
+        self._spares: list[asyncio.subprocess.Process] = []
+        self._pending_spares = 0
+        self._closing = False
         for sub in ("scratch", "home", "tmp", "cache", "triton"):
             (work_dir / sub).mkdir(parents=True, exist_ok=True)
         # Scratch folders of builds that a crash interrupted.
@@ -132,8 +137,13 @@ class BuildManager:
     def get(self, build_id: str) -> BuildRecord | None:
         return self.records.get(build_id)
 
+    def start(self) -> None:
+        """Start the warmed-up spare workers (call from the running event loop)."""
+        self._refill_spares()
+
     async def shutdown(self) -> None:
-        for proc in list(self._procs):
+        self._closing = True
+        for proc in [*self._procs, *self._spares]:
             _kill_group(proc)
         for task in list(self._tasks):
             task.cancel()
@@ -172,6 +182,8 @@ class BuildManager:
             self.inflight.pop(record.key, None)
             shutil.rmtree(scratch, ignore_errors=True)
             record.done.set()
+            # Replace the used worker now that the build no longer needs the CPUs.
+            self._refill_spares()
 
     def _fail(self, record: BuildRecord, message: str, error_type: str, user_error: bool) -> None:
         record.state, record.error, record.error_type, record.user_error = "failed", message, error_type, user_error
@@ -192,6 +204,51 @@ class BuildManager:
         if not gpu:
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env
+
+    async def _take_worker(self) -> asyncio.subprocess.Process:
+        """A warmed-up spare worker, or a fresh one if none is ready (replaced after the build)."""
+        proc = None
+        while self._spares and proc is None:
+            candidate = self._spares.pop()
+            if candidate.returncode is None:
+                proc = candidate
+        if proc is None:
+            proc = await self._start_worker(warm=False)
+        self._procs.add(proc)
+        return proc
+
+    def _refill_spares(self) -> None:
+        """Keep one warmed-up worker per build slot waiting for a job."""
+        if self._closing:
+            return
+
+        async def add() -> None:
+            spare = await self._start_worker(warm=True)
+            if self._closing:
+                _kill_group(spare)
+            else:
+                self._spares.append(spare)
+
+        while len(self._spares) + self._pending_spares < self._slots_total:
+            self._pending_spares += 1
+            task = asyncio.get_running_loop().create_task(add())
+            task.add_done_callback(self._spare_done)
+            self._tasks.add(task)  # type: ignore[arg-type]
+
+    def _spare_done(self, task: asyncio.Task[None]) -> None:
+        self._pending_spares -= 1
+        self._tasks.discard(task)  # type: ignore[arg-type]
+
+    async def _start_worker(self, *, warm: bool) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "flexsn_service.builds.worker", *(["--warm"] if warm else []),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self._env(gpu=False),
+            cwd=str(self.work_dir / "tmp"),
+            start_new_session=True,
+        )
 
     async def _spawn(self, module: str, args: list[str], *, gpu: bool, stdin: bytes | None) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
@@ -221,7 +278,11 @@ class BuildManager:
             "cpu_seconds": self.timeout_s + 30,
             "max_source_bytes": self.max_source_bytes,
         }
-        proc = await self._spawn("flexsn_service.builds.worker", [], gpu=False, stdin=json.dumps(job).encode())
+        proc = await self._take_worker()
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(job).encode())
+        await proc.stdin.drain()
+        proc.stdin.close()
         outcome: dict[str, Any] = {}
 
         async def read_events() -> None:

@@ -1,6 +1,11 @@
 """A build worker: one build in a fresh process, under limits.
 
-    python -m flexsn_service.builds.worker < job.json
+    python -m flexsn_service.builds.worker [--warm] < job.json
+
+With ``--warm`` the worker first pays the one-time costs of a build (imports,
+Triton's compiler initialization) and then waits for its job: the service
+keeps such spares ready, so a build does not wait for them. A worker runs
+exactly one job, so no build sees state another build left behind.
 
 The job (JSON on stdin) names the spec, targets, configs, the output folder
 and the limits. The worker imports torch and Triton, re-checks the source,
@@ -26,10 +31,23 @@ def _emit(channel: TextIO, event: dict[str, Any]) -> None:
     channel.flush()
 
 
+_WARMUP_SOURCE = "import torch\n\ndef warmup(x, v):\n    h = 0.5 * v + x\n    return torch.sigmoid(h), h\n"
+
+
+def _warm_up() -> None:
+    """Pay the one-time costs before a job arrives: the lazy imports of tracing
+    (AOTAutograd, make_fx) and Triton's compiler initialization."""
+    from flexsn_core.artifacts import generate
+    from flexsn_core.compile import KernelConfig, compile_kernel
+    from flexsn_core.spec import KernelSpec
+
+    spec = KernelSpec(source=_WARMUP_SOURCE, entry="warmup", num_inputs=1, num_states=1, num_outputs=1)
+    compile_kernel(generate(spec), "inference", KernelConfig(128, 1, 1, False), "cuda:80")
+
+
 def main() -> int:
     events = os.fdopen(os.dup(1), "w")
     sys.stdout = sys.stderr  # user code printing must not corrupt the event stream
-    job = json.loads(sys.stdin.read())
 
     import torch  # noqa: F401  - imported before the limits apply
 
@@ -39,6 +57,14 @@ def main() -> int:
     from flexsn_core.spec import KernelSpec
 
     from .sandbox import SourceRejected, apply_limits, check_source
+
+    if "--warm" in sys.argv:
+        # A spare worker: warm up now, then wait for its one job.
+        try:
+            _warm_up()
+        except Exception:  # noqa: BLE001 - a cold worker still works
+            traceback.print_exc()
+    job = json.loads(sys.stdin.read())
 
     try:
         spec = KernelSpec.from_dict(job["spec"])
