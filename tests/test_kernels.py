@@ -222,3 +222,14 @@ def test_unaligned_calls_never_get_aligned_binaries() -> None:
     assert len(usable_configs(configs, aligned=True)) == 3
     assert _default_config_id(usable_configs(configs, False), False) == "b1024-w4-s1-u"
     assert _default_config_id(usable_configs(configs, True), True) == "b1024-w4-s1-a16"
+
+
+def test_low_precision_saves_exact_values_for_the_backward() -> None:
+    """bf16 steps run in fp32: what the backward recomputes from must be the fp32 values
+    (an fp32 extra), never a rounded output or state, or a threshold could flip."""
+    plan = _kernel_set("lif_hard", torch.bfloat16).manifest["plan"]
+    assert [(v["kind"], v["dtype"]) for v in plan["loads"]] == [("extra", "float32")]
+    for name in ("alif", "izhikevich", "two_inputs", "synaptic_refractory"):
+        loads = _kernel_set(name, torch.bfloat16).manifest["plan"]["loads"]
+        assert all(v["kind"] not in ("output", "state_new") for v in loads), (name, loads)
+        assert all(v["dtype"] == "float32" for v in loads if v["kind"] == "extra"), (name, loads)

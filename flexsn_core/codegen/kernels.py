@@ -30,7 +30,7 @@ import torch.fx as fx
 
 from ..trace import TracedCore
 from .lower import Emitter, Val, physical, tl_type
-from .partition import SavePlan, plan_saved
+from .partition import SavePlan, plan_saved, stored_dtype
 
 __all__ = ["FlexSNInfo", "KernelDef", "GeneratedKernels", "generate_kernels", "KINDS"]
 
@@ -242,7 +242,7 @@ def _forward_kernel(
     sseqs = [k.ptr(f"sseq{j}") for j in range(spec.num_states)] if state_seqs != "never" else []
     store_flag = k.param("store_sseq", "i32") if state_seqs == "flag" else None
     fins = [k.ptr(f"fin{j}") for j in range(spec.num_states)] if finals else []
-    savs = [k.ptr(f"sav{m}", _node_dtype(n)) for m, n in enumerate(extras)]
+    savs = [k.ptr(f"sav{m}", stored_dtype(_node_dtype(n))) for m, n in enumerate(extras)]
 
     pre = k.emitter("    ", "p")
     static_vals = common.load_statics(pre)
@@ -267,7 +267,7 @@ def _forward_kernel(
     for j, ptr in enumerate(sseqs):
         e.line(store_line(f"{ptr} + row + offs", e.env[user[spec.num_outputs + j]], dtype, smask, e))
     for m, (ptr, node) in enumerate(zip(savs, extras)):
-        e.line(store_line(f"{ptr} + row + offs", e.env[node], _node_dtype(node), "mask", e))
+        e.line(store_line(f"{ptr} + row + offs", e.env[node], stored_dtype(_node_dtype(node)), "mask", e))
     # Rebind the loop-carried states through temporaries (a core may swap states).
     # States carried to the next step are rounded to the dtype, as the loop would store them.
     new_states = [
@@ -298,7 +298,7 @@ def _backward_kernel(traced: TracedCore, plan: SavePlan) -> tuple[str, KernelDef
     sseqs = [k.ptr(f"sseq{j}") for j in range(ns)]
     fw_nodes = {n.name: n for n in fw.graph.nodes}
     extras = [fw_nodes[v.node] for v in plan.extras]
-    savs = [k.ptr(f"sav{m}", _node_dtype(n)) for m, n in enumerate(extras)]
+    savs = [k.ptr(f"sav{m}", stored_dtype(_node_dtype(n))) for m, n in enumerate(extras)]
     gouts = [k.ptr(f"gout{i}") for i in range(no)]
     gout_flags = [k.param(f"gout{i}_flag", "i32") for i in range(no)]
     gsseqs = [k.ptr(f"gsseq{j}") for j in range(ns)]
@@ -342,7 +342,7 @@ def _backward_kernel(traced: TracedCore, plan: SavePlan) -> tuple[str, KernelDef
         elif v.kind == "state_new":
             expr = load_expr(f"{sseqs[v.index]} + row + offs", vd, "mask")
         elif v.kind == "extra":
-            expr = load_expr(f"{savs[v.index]} + row + offs", vd, "mask")
+            expr = load_expr(f"{savs[v.index]} + row + offs", stored_dtype(vd), "mask")
         elif v.kind == "state_prev":
             prev = f.tmp(load_expr(f"{sseqs[v.index]} + (row - N) + offs", vd, "mask & (t > 0)"))
             expr = f"tl.where(t > 0, {prev}, {init_vals[v.index].expr})"

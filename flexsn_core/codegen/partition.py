@@ -20,6 +20,11 @@ state (old or new)  state sequence, written by the forward      2 x size
 other value         an extra ``[T, N]`` buffer (write + read)   2 x size
 ==================  ==========================================  =========
 
+For fp16/bf16 cores, outputs and new states are stored rounded while the step
+used their fp32 values, so they are never reloaded for a recompute, and extra
+buffers are fp32: the backward's recomputed forward is then exactly the
+forward that ran.
+
 Everything between the cut and the needed values is recomputed in the
 backward kernel. For a LIF neuron this stores just the pre-reset membrane
 potential ``h``, the layout of hand-written LIF kernels.
@@ -35,7 +40,7 @@ import torch.fx as fx
 
 from ..spec import KernelSpec
 
-__all__ = ["SavedValue", "SavePlan", "plan_saved"]
+__all__ = ["SavedValue", "SavePlan", "plan_saved", "stored_dtype"]
 
 _INF = float("inf")
 
@@ -100,9 +105,22 @@ def _roles(forward: fx.GraphModule, spec: KernelSpec) -> dict[fx.Node, tuple[str
     return roles
 
 
-def _cost(node: fx.Node, role: tuple[str, int] | None) -> float:
-    size = torch.empty((), dtype=_dtype_of(node)).element_size()
+def stored_dtype(node_dtype: torch.dtype) -> torch.dtype:
+    """The dtype an extra saved value is stored in.
+
+    fp16/bf16 values are fp32 inside a step, and the backward recomputes the
+    forward from what was saved: a rounded copy could flip a threshold the
+    forward did not flip. So they are saved as fp32, exactly.
+    """
+    return torch.float32 if node_dtype in (torch.float16, torch.bfloat16) else node_dtype
+
+
+def _cost(node: fx.Node, role: tuple[str, int] | None, low_precision: bool) -> float:
     kind = role[0] if role else "extra"
+    if low_precision and kind in ("output", "state_new"):
+        # Stored rounded, while the step itself used the fp32 value: not exact.
+        return _INF
+    size = torch.empty((), dtype=stored_dtype(_dtype_of(node))).element_size()
     return {"static": 0, "input": size, "output": size}.get(kind, 2 * size)
 
 
@@ -115,13 +133,14 @@ def plan_saved(forward: fx.GraphModule, num_saved: int, spec: KernelSpec) -> Sav
     if any(not isinstance(n, fx.Node) for n in needed):
         raise ValueError("internal: AOTAutograd saved a non-tensor value")
     roles = _roles(forward, spec)
+    low_precision = spec.torch_dtype in (torch.float16, torch.bfloat16)
 
     graph = nx.DiGraph()
     order = {node: i for i, node in enumerate(forward.graph.nodes)}
     for node in forward.graph.nodes:
         if node.op not in ("placeholder", "call_function", "get_attr"):
             continue
-        graph.add_edge(("in", node.name), ("out", node.name), capacity=_cost(node, roles.get(node)))
+        graph.add_edge(("in", node.name), ("out", node.name), capacity=_cost(node, roles.get(node), low_precision))
         if node.op == "placeholder":
             graph.add_edge("source", ("in", node.name), capacity=_INF)
         for user in node.users:
@@ -160,6 +179,7 @@ def plan_saved(forward: fx.GraphModule, num_saved: int, spec: KernelSpec) -> Sav
         role = roles.get(node)
         dtype = str(_dtype_of(node)).removeprefix("torch.")
         if role is None:
+            dtype = str(stored_dtype(_dtype_of(node))).removeprefix("torch.")
             loads.append(SavedValue(node.name, "extra", extra, dtype))
             extra += 1
         else:
