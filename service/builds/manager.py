@@ -28,7 +28,7 @@ from typing import Any
 
 from flexsn_core.artifacts import merge_binaries, referenced_blobs, sha256_hex, validate_manifest
 from flexsn_core.compile import KernelConfig
-from flexsn_core.errors import ArtifactError, IntegrityError
+from flexsn_core.errors import ArtifactError
 from flexsn_core.spec import KernelSpec
 
 from ..metrics import ServiceMetrics
@@ -240,33 +240,20 @@ class BuildManager:
         self._tasks.discard(task)  # type: ignore[arg-type]
 
     async def _start_worker(self, *, warm: bool) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "flexsn_service.builds.worker", *(["--warm"] if warm else []),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self._env(gpu=False),
-            cwd=str(self.work_dir / "tmp"),
-            start_new_session=True,
-        )
+        args = ["--warm"] if warm else []
+        return await self._start("flexsn_service.builds.worker", args, gpu=False)
 
-    async def _spawn(self, module: str, args: list[str], *, gpu: bool, stdin: bytes | None) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
+    async def _start(self, module: str, args: list[str], *, gpu: bool) -> asyncio.subprocess.Process:
+        """``python -m module`` in its own session, with the build environment; stdin kept open."""
+        return await asyncio.create_subprocess_exec(
             sys.executable, "-m", module, *args,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self._env(gpu=gpu),
             cwd=str(self.work_dir / "tmp"),
             start_new_session=True,
         )
-        self._procs.add(proc)
-        if stdin is not None:
-            assert proc.stdin is not None
-            proc.stdin.write(stdin)
-            await proc.stdin.drain()
-            proc.stdin.close()
-        return proc
 
     async def _run_worker(self, record: BuildRecord, scratch: Path) -> None:
         job = {
@@ -325,7 +312,8 @@ class BuildManager:
             raise BuildFailure(f"the build worker stopped without a result: {reason}{hint}", "WorkerDied", True)
 
     async def _run_tuner(self, record: BuildRecord, scratch: Path) -> dict[str, Any]:
-        proc = await self._spawn("flexsn_service.builds.tuner", [str(scratch)], gpu=True, stdin=None)
+        proc = await self._start("flexsn_service.builds.tuner", [str(scratch)], gpu=True)
+        self._procs.add(proc)
         try:
             _, err = await asyncio.wait_for(proc.communicate(), timeout=self.timeout_s)
         except asyncio.TimeoutError:
@@ -363,8 +351,6 @@ class BuildManager:
             self.store.put_blob(sha, data)
         try:
             self.store.put_manifest(manifest, now=time.time())  # ... the manifest last
-        except IntegrityError:
-            raise
         except ArtifactError as exc:
             raise BuildFailure(f"could not store the artifact: {exc}", "StoreError", False) from exc
 
