@@ -264,8 +264,8 @@ def make_sj_lifnode(neuron: Any, surrogate: Any) -> tuple[nn.Module, str]:
         detach_reset=False, step_mode="m",
     )
     backends = tuple(getattr(node, "supported_backends", ()))
-    for backend in ("triton", "cupy"):  # fastest first
-        if backend in backends:
+    for backend in ("triton", "cupy"):  # fastest first; older releases list cupy even where it is missing
+        if backend in backends and importlib.util.find_spec(backend) is not None:
             node.backend = backend
             return node, backend
     return node, "auto"
