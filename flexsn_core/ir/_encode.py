@@ -25,6 +25,7 @@ from ._format import (
     IR_VERSION,
     LAYOUTS,
     MEMORY_FORMATS,
+    OP_NAME_RE,
     ops,
 )
 
@@ -56,7 +57,8 @@ def traced_to_ir(traced: TracedCore) -> dict[str, Any]:
         "backward": None if traced.backward is None else _graph(traced.backward, "backward"),
         "num_saved": traced.num_saved,
         "tangent_of": list(traced.tangent_of),
-        "lines": dict(sorted(traced.lines.items())),
+        # Only for messages: keep what a reader accepts rather than fail a build over it.
+        "lines": {op: line for op, line in sorted(traced.lines.items()) if OP_NAME_RE.fullmatch(op)},
     }
 
 

@@ -59,7 +59,8 @@ class IRLimits:
     max_bytes: int = 4 * 2**20
     #: nodes of one graph, output node included
     max_nodes: int = 4096
-    #: a node name (it becomes part of a variable name in generated source)
+    #: a node name (it becomes part of a variable name in generated source; the
+    #: inference graph's placeholders are named after the core's parameters)
     max_name_len: int = 128
     #: any other string (op names, tags, keys)
     max_string_len: int = 256

@@ -199,14 +199,14 @@ class GraphBuilder:
         return shape
 
     # ------------------------------------------------------------- nodes
-    def add(self, index: int, data: object) -> None:
+    def add(self, index: int, obj: object) -> None:
         where = f"{self.kind} graph, node #{index}"
-        op = data.get("op") if isinstance(data, dict) else None
+        op = obj.get("op") if isinstance(obj, dict) else None
         if not isinstance(op, str) or op not in _NODE_FIELDS:
             raise IRError(
                 f"{where} must be an object whose op is one of {', '.join(_NODE_FIELDS)}, not {op!r:.60}"
             )
-        fields(data, _NODE_FIELDS[op], where)
+        data = fields(obj, _NODE_FIELDS[op], where)
         name = data["name"]
         if not is_valid_name(name, self.limits.max_name_len):
             raise IRError(
