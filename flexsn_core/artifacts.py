@@ -1,7 +1,9 @@
 """Artifacts: a spec's kernels as JSON metadata plus content-addressed blobs.
 
-``build_artifacts`` traces the core, generates the kernel module, and compiles
-every kind for every (config, target). The result is a manifest (plain JSON)
+``build_artifacts`` generates the kernel module (from a given
+``GeneratedKernels``, e.g. ``ir.generate_from_ir`` on a jail's IR, or by
+tracing the core through the IR here) and compiles every kind for every
+(config, target). The result is a manifest (plain JSON)
 and the blobs it names by sha256: the generated source and one binary per
 kind x config x target. Nothing in a manifest is executable; a GPU process
 loads binaries, an interpreter process regenerates the source itself and
@@ -19,12 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._version import CODEGEN_VERSION
-from .codegen.kernels import KINDS, GeneratedKernels, generate_kernels
+from .codegen.kernels import KINDS, GeneratedKernels
 from .compile import DEFAULT_CONFIGS, CompiledBinary, KernelConfig, compile_kernel, parse_target
 from .counters import bump
 from .errors import ArtifactError, IntegrityError
+from .ir import dumps_ir, generate_from_ir, trace_to_ir
 from .spec import KernelSpec, triton_version
-from .trace import trace_core
 
 __all__ = [
     "MANIFEST_FORMAT",
@@ -76,8 +78,14 @@ def referenced_blobs(manifest: dict[str, Any]) -> list[str]:
 
 
 def generate(spec: KernelSpec) -> GeneratedKernels:
-    """Trace ``spec`` and generate its kernel module (no compilation)."""
-    return generate_kernels(trace_core(spec))
+    """Trace ``spec`` and generate its kernel module (no compilation).
+
+    Goes through the JSON IR exactly as a service build does (trace -> IR text
+    -> validate -> generate), so a local build and a service build of a spec
+    give the same source, byte for byte, and every kernel test exercises the
+    round trip. The detour costs a few milliseconds next to ~0.3 s of tracing.
+    """
+    return generate_from_ir(spec, dumps_ir(trace_to_ir(spec)))
 
 
 def _manifest_head(spec: KernelSpec, gen: GeneratedKernels) -> dict[str, Any]:

@@ -16,7 +16,8 @@ SpikingJelly reference keeps working.
     │   └── UnsupportedOpError         (NotImplementedError) an aten op without a Triton lowering
     ├── CompileError                   Triton failed to compile generated source
     ├── ArtifactError                  an artifact is incomplete or does not fit this machine
-    │   └── IntegrityError             a blob's bytes do not match its sha256
+    │   ├── IntegrityError             a blob's bytes do not match its sha256
+    │   └── IRError                    a traced-graph IR is malformed, unsupported or too large
     ├── CacheUnavailableError          the cache service cannot be reached
     ├── AuthError                      the cache service refused the token
     └── BuildFailedError               the cache service could not build a spec
@@ -36,6 +37,7 @@ __all__ = [
     "CompileError",
     "ArtifactError",
     "IntegrityError",
+    "IRError",
     "CacheUnavailableError",
     "AuthError",
     "BuildFailedError",
@@ -94,6 +96,13 @@ class ArtifactError(FlexSNError):
 
 class IntegrityError(ArtifactError):
     """A blob's bytes do not hash to the sha256 that names it."""
+
+
+class IRError(ArtifactError):
+    """An IR of traced graphs (the build jail's output) is malformed, unsupported or oversized.
+
+    The message names the problem and where it is (graph, node, field).
+    """
 
 
 class CacheUnavailableError(FlexSNError):

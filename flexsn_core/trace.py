@@ -20,7 +20,7 @@ import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.fx as fx
@@ -38,7 +38,7 @@ from .errors import (
 )
 from .spec import KernelSpec
 
-__all__ = ["TracedCore", "trace_core", "TRACE_NUMEL"]
+__all__ = ["GraphLike", "TracedCore", "trace_core", "TRACE_NUMEL"]
 
 #: Element count of the example tensors the core is traced with.
 TRACE_NUMEL = 4
@@ -56,14 +56,25 @@ _UNSUPPORTED_HINTS = {
 }
 
 
+class GraphLike(Protocol):
+    """What code generation reads from a graph module: its ``graph`` (and, for
+    ``get_attr`` nodes, the constant attribute the node names).
+
+    Tracing gives ``fx.GraphModule``s; graphs rebuilt from an IR are
+    :class:`flexsn_core.ir.RebuiltGraph`s, which never compile Python.
+    """
+
+    graph: fx.Graph
+
+
 @dataclass
 class TracedCore:
     """The graphs of one core, ready for code generation."""
 
     spec: KernelSpec
-    inference: fx.GraphModule
-    forward: fx.GraphModule | None
-    backward: fx.GraphModule | None
+    inference: GraphLike
+    forward: GraphLike | None
+    backward: GraphLike | None
     num_saved: int
     #: per returned value (outputs then new states): its tangent's index, or None
     tangent_of: tuple[int | None, ...]

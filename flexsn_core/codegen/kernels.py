@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 import torch.fx as fx
 
-from ..trace import TracedCore
+from ..trace import GraphLike, TracedCore
 from .lower import Emitter, Val, physical, tl_type
 from .partition import SavePlan, plan_saved, stored_dtype
 
@@ -168,11 +168,11 @@ class _Kernel:
         return text, KernelDef(self.kind, self.name, tuple(self.params))
 
 
-def _placeholders(gm: fx.GraphModule) -> list[fx.Node]:
+def _placeholders(gm: GraphLike) -> list[fx.Node]:
     return [n for n in gm.graph.nodes if n.op == "placeholder"]
 
 
-def _returns(gm: fx.GraphModule) -> list[fx.Node]:
+def _returns(gm: GraphLike) -> list[fx.Node]:
     output = next(n for n in gm.graph.nodes if n.op == "output")
     return list(output.args[0])
 
@@ -189,7 +189,7 @@ def _needed(nodes: list[fx.Node], stop: set[fx.Node]) -> set[fx.Node]:
     return seen
 
 
-def _emit_graph(e: Emitter, gm: fx.GraphModule, wanted: set[fx.Node]) -> None:
+def _emit_graph(e: Emitter, gm: GraphLike, wanted: set[fx.Node]) -> None:
     e.graph_module = gm
     for node in gm.graph.nodes:
         if node in wanted and node.op in ("call_function", "get_attr") and node not in e.env:
@@ -227,7 +227,7 @@ class _Common:
 
 def _forward_kernel(
     kind: str,
-    gm: fx.GraphModule,
+    gm: GraphLike,
     traced: TracedCore,
     extras: list[fx.Node],
     *,
@@ -402,7 +402,7 @@ def _backward_kernel(traced: TracedCore, plan: SavePlan) -> tuple[str, KernelDef
 
 
 def _info(
-    spec, gm: fx.GraphModule, recipients: list[str], kernel_returns: list[str], c2k: tuple[int, ...] = ()  # noqa: ANN001
+    spec, gm: GraphLike, recipients: list[str], kernel_returns: list[str], c2k: tuple[int, ...] = ()  # noqa: ANN001
 ) -> FlexSNInfo:
     returns = _returns(gm)
     return FlexSNInfo(

@@ -24,12 +24,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
 
 from ..errors import UnsupportedOpError
+
+if TYPE_CHECKING:
+    from ..trace import GraphLike
 
 __all__ = ["Val", "Emitter", "LOWERINGS", "is_supported", "op_name"]
 
@@ -131,7 +134,7 @@ class Emitter:
         self.block = block
         self._n = 0
         self.env: dict[fx.Node, Val] = {}
-        self.graph_module: fx.GraphModule | None = None
+        self.graph_module: GraphLike | None = None
 
     # ------------------------------------------------------------- basics
     def line(self, text: str) -> None:

@@ -39,6 +39,7 @@ import torch
 import torch.fx as fx
 
 from ..spec import KernelSpec
+from ..trace import GraphLike
 
 __all__ = ["SavedValue", "SavePlan", "plan_saved", "stored_dtype"]
 
@@ -86,7 +87,7 @@ def _dtype_of(node: fx.Node) -> torch.dtype:
     return meta.dtype
 
 
-def _roles(forward: fx.GraphModule, spec: KernelSpec) -> dict[fx.Node, tuple[str, int]]:
+def _roles(forward: GraphLike, spec: KernelSpec) -> dict[fx.Node, tuple[str, int]]:
     roles: dict[fx.Node, tuple[str, int]] = {}
     placeholders = [n for n in forward.graph.nodes if n.op == "placeholder"]
     for i, node in enumerate(placeholders):
@@ -124,7 +125,7 @@ def _cost(node: fx.Node, role: tuple[str, int] | None, low_precision: bool) -> f
     return {"static": 0, "input": size, "output": size}.get(kind, 2 * size)
 
 
-def plan_saved(forward: fx.GraphModule, num_saved: int, spec: KernelSpec) -> SavePlan:
+def plan_saved(forward: GraphLike, num_saved: int, spec: KernelSpec) -> SavePlan:
     """Min-cut the AOT forward graph for the values its backward needs."""
     output = next(n for n in forward.graph.nodes if n.op == "output")
     returned = output.args[0]
