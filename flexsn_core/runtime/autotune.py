@@ -20,7 +20,7 @@ import torch
 from ..compile import KernelConfig
 from ..errors import ArtifactError
 
-__all__ = ["Timer", "cuda_event_timer", "autotune", "TuneResult"]
+__all__ = ["Timer", "cuda_event_timer", "autotune", "report_timings", "TuneResult"]
 
 #: ``timer(run, device)``: milliseconds one ``run()`` takes on ``device``.
 Timer = Callable[[Callable[[], None], torch.device], float]
