@@ -5,6 +5,10 @@ the service cannot be reached, or cannot build the spec, or sends a blob that
 fails its sha256 check, one warning says so and the kernels are built
 locally; if that is impossible too, the module runs the HOP path. A rejected
 token is a configuration error and raises AuthError.
+
+flexsn_core finds this provider by name through the ``flexsn_core.providers``
+entry point group (``remote-cache = "flexsn_client.provider:remote_cache_provider"``
+in pyproject.toml); it never imports this package itself.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from flexsn_core.spec import KernelSpec
 
 from .cache import KernelCacheClient
 
-__all__ = ["RemoteProvider", "remote_provider", "KernelCacheWarning"]
+__all__ = ["RemoteProvider", "remote_provider", "remote_cache_provider", "KernelCacheWarning"]
 
 logger = logging.getLogger("flexsn_client")
 
@@ -34,7 +38,6 @@ class KernelCacheWarning(UserWarning):
 class RemoteProvider:
     def __init__(self, client: KernelCacheClient) -> None:
         self.client = client
-        self.settings: tuple[str | None, str | None] = (client.url, client.token)
         self._memo: dict[tuple[str, torch.device], KernelSet | None] = {}
         self._lock = threading.Lock()
 
@@ -82,5 +85,13 @@ def remote_provider(url: str | None = None, token: str | None = None) -> RemoteP
         provider = _providers.get((url, token))
         if provider is None:
             provider = _providers[(url, token)] = RemoteProvider(KernelCacheClient(url, token))
-            provider.settings = (url, token)  # what a pickled FlexSN needs to reconnect
         return provider
+
+
+def remote_cache_provider(*, cache_url: str | None = None, cache_token: str | None = None) -> RemoteProvider:
+    """The ``"remote-cache"`` provider factory (flexsn_core's registry calls it with a FlexSN's options).
+
+    A None ``cache_token`` means ``FLEXSN_CACHE_TOKEN``: what an unpickled
+    module uses, since a pickle never holds the token.
+    """
+    return remote_provider(cache_url, cache_token)

@@ -17,12 +17,12 @@ import tempfile
 import threading
 import types
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from .counters import bump
 from .codegen.kernels import GeneratedKernels, KernelDef
 from .errors import CompileError
+from .settings import cache_dir  # re-exported: the knob is read in settings
 
 __all__ = [
     "KernelConfig",
@@ -33,16 +33,6 @@ __all__ = [
     "parse_target",
     "cache_dir",
 ]
-
-
-def cache_dir() -> Path:
-    """Local folder for generated modules and mirrored artifacts (``FLEXSN_CACHE_DIR``)."""
-    root = os.environ.get("FLEXSN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "flexsn"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @dataclass(frozen=True)

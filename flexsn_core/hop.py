@@ -22,6 +22,8 @@ from typing import Any, Union
 import torch
 from torch._ops import HigherOrderOperator
 
+from .contract import as_tuple, check_counts, check_returns
+
 __all__ = ["flex_sn_scan", "FlexSNScan", "eager_scan", "eager_scan_final_state", "OutputTemplateSpecs"]
 
 OutputTemplateSpec = Union[
@@ -54,10 +56,6 @@ class FlexSNScan(HigherOrderOperator):
 flex_sn_scan = FlexSNScan()
 
 
-def _as_tuple(result: Any) -> tuple[Any, ...]:
-    return (result,) if isinstance(result, torch.Tensor) else tuple(result)
-
-
 def _check_arity(core_fn: Callable[..., Any], total: int, expected: int, num_inputs: int, num_states: int) -> None:
     target = core_fn.forward if isinstance(core_fn, torch.nn.Module) else core_fn
     try:
@@ -75,8 +73,7 @@ def _split(
     core_fn: Callable[..., Any], num_inputs: int, num_states: int, flat_args: Sequence[torch.Tensor]
 ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor], tuple[torch.Tensor, ...], int]:
     expected = num_inputs + num_states
-    if num_inputs == 0:
-        raise ValueError("flex_sn_scan requires at least one input sequence")
+    check_counts("flex_sn_scan", num_inputs, num_states)
     if len(flat_args) < expected:
         raise ValueError(
             f"flex_sn_scan expected at least {expected} tensor args "
@@ -125,12 +122,8 @@ def _run(core_fn, num_inputs, num_states, num_outputs, flat_args, output_templat
     out_buffers: list[list[torch.Tensor]] = [[] for _ in range(num_outputs)]
     state_buffers: list[list[torch.Tensor]] = [[] for _ in range(num_states)]
     for t in range(T):
-        results = _as_tuple(core_fn(*(x[t] for x in inputs), *states, *lifted))
-        if len(results) != num_outputs + num_states:
-            raise ValueError(
-                f"core returned {len(results)} values, expected num_outputs + num_states "
-                f"= {num_outputs + num_states}"
-            )
+        results = as_tuple(core_fn(*(x[t] for x in inputs), *states, *lifted))
+        check_returns("flex_sn_scan", results, num_outputs, num_states)
         for i in range(num_outputs):
             out_buffers[i].append(results[i])
         states = list(results[num_outputs:])

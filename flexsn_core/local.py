@@ -1,6 +1,7 @@
 """Build or find a spec's kernels on this machine.
 
-``kernels_for(spec, device)`` is what ``FlexSN(backend="triton")`` calls:
+``kernels_for(spec, device)`` is the ``"triton"`` (and ``"inductor"``) kernel
+provider of :mod:`flexsn_core.providers`, what ``FlexSN(backend="triton")`` uses:
 
 * CUDA device: look in the local artifact store (``$FLEXSN_CACHE_DIR/artifacts``)
   for binaries of this GPU's arch (a ``local_hit``), else trace, generate and
@@ -25,9 +26,10 @@ import torch
 
 from .counters import bump
 from .artifacts import Artifact, build_artifacts, generate, merge_binaries, sha256_hex, validate_manifest
-from .compile import DEFAULT_CONFIGS, cache_dir
+from .compile import DEFAULT_CONFIGS
 from .errors import ArtifactError, IntegrityError
-from .runtime import KernelSet, interpreter_enabled
+from .runtime import KernelSet
+from .settings import cache_dir, interpreter_enabled
 from .spec import KernelSpec
 
 __all__ = ["LocalStore", "kernels_for", "local_target", "clear_memo"]

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .contract import check_step_tensors
 from .runtime import KernelSet, StaticArg, run_backward, run_forward, run_inference, run_inference_final
 from .spec import KernelSpec
 
@@ -173,8 +174,11 @@ def _prepare(handle: KernelHandle, inputs: list[Tensor], states: list[Tensor], s
     """Kernel set, contiguous inputs and states (None: implicit zeros), prepared statics.
 
     Kernels take data pointers and element counts, so no reshaping is needed:
-    a ``[T, *shape]`` tensor is already a ``[T, N]`` stream.
+    a ``[T, *shape]`` tensor is already a ``[T, N]`` stream; that is why every
+    input and state must share the first input's layout (checked: a smaller one
+    would be read or written out of bounds).
     """
+    check_step_tensors("FlexSN kernels", inputs, states)
     x0 = inputs[0]
     ks = handle.kernels(x0.device)
     contiguous = [x if x.is_contiguous() else x.contiguous() for x in inputs]

@@ -50,3 +50,31 @@ def test_second_module_with_same_core_builds_nothing() -> None:
     FlexSN(neurons.lif_soft, 1, 1, 1, example_inputs=(torch.zeros(4, device="cuda"),) * 2)
     after = counters()
     assert after["traces"] == before["traces"] and after["compiles"] == before["compiles"]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("launcher", ["driver", "triton"])
+def test_kernels_run_on_the_tensors_device_not_the_current_one(launcher, monkeypatch) -> None:  # noqa: ANN001
+    """Issue #11: cuda:0 current, tensors on cuda:1 (the ctypes launcher used device 0's context)."""
+    from flexsn_core.local import clear_memo
+
+    monkeypatch.setenv("FLEXSN_LAUNCHER", launcher)
+    clear_memo()  # fresh kernel sets: load through this launcher
+    examples = (torch.zeros(4, device="cuda:1"),) * 2
+    fast = FlexSN(neurons.lif_hard, 1, 1, 1, example_inputs=examples)
+    slow = FlexSN(neurons.lif_hard, 1, 1, 1, backend="torch")
+    x = torch.randn(8, 1000, 37, device="cuda:1") + 0.5
+    with torch.cuda.device(0):
+        for _ in range(2):  # a second call runs the cached choice
+            fast.reset(), slow.reset()
+            xg = x.clone().requires_grad_()
+            y = fast(xg)
+            y.sum().backward()
+            assert y.device == torch.device("cuda:1") and torch.cuda.current_device() == 0
+            xr = x.clone().requires_grad_()
+            ref = slow(xr)
+            ref.sum().backward()
+            assert (y.detach() != ref.detach()).float().mean() < 1e-4
+            off = (xg.grad - xr.grad).abs() > 1e-5 * xr.grad.abs().max()
+            assert off.float().mean() < 1e-3  # a spike may flip on an ulp-level tie
+        torch.cuda.synchronize(1)

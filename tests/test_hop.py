@@ -64,5 +64,5 @@ def test_argument_errors() -> None:
         eager_scan(neurons.two_inputs, 2, 1, 2, x, torch.zeros(4, 2), torch.zeros(2))
     with pytest.raises(ValueError, match="cannot take 3"):
         eager_scan(neurons.lif_hard, 1, 1, 1, x, torch.zeros(2), torch.zeros(2))
-    with pytest.raises(ValueError, match="core returned 2 values, expected"):
+    with pytest.raises(ValueError, match="core returned 2 values, but expected 3"):
         eager_scan(lambda x, v: (x, v), 1, 1, 2, x, torch.zeros(2))
