@@ -70,6 +70,8 @@ class SourceCheckPool:
         self._allow = allowlists
         self._pool: multiprocessing.pool.Pool | None = None
         self._slots: asyncio.Semaphore | None = None
+        #: checks in flight, and the pool each runs in (a restart answers the others with 503)
+        self._pending: dict[asyncio.Future[None], multiprocessing.pool.Pool] = {}
 
     def _ensure_pool(self) -> multiprocessing.pool.Pool:
         if self._pool is None:
@@ -107,6 +109,8 @@ class SourceCheckPool:
 
         counts = {"num_inputs": spec.num_inputs, "num_states": spec.num_states, "num_static": spec.num_static}
         pool = self._ensure_pool()
+        self._pending[done] = pool
+        done.add_done_callback(lambda fut: self._pending.pop(fut, None))
         pool.apply_async(
             _check_in_worker,
             (spec.source, spec.entry, counts, CheckLimits(max_bytes=max_bytes)),
@@ -117,11 +121,13 @@ class SourceCheckPool:
             await asyncio.wait_for(asyncio.shield(done), timeout=self.timeout_s)
         except asyncio.TimeoutError:
             logger.warning("a source check ran past %g s; restarting the check processes", self.timeout_s)
-            await self._restart()
+            done.cancel()  # its answer no longer matters
+            if self._pool is pool:  # not a pool someone already replaced
+                await self._restart()
             raise SourceRejected(
                 f"checking the source took longer than {self.timeout_s:g} s; make it smaller or simpler"
             ) from None
-        except SourceRejected:
+        except (SourceRejected, CheckUnavailable):
             raise
         except Exception as exc:  # noqa: BLE001 - a checker bug must not become a 500
             logger.error("the source check failed: %s: %s", type(exc).__name__, exc)
@@ -132,8 +138,12 @@ class SourceCheckPool:
 
     async def _restart(self) -> None:
         pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.to_thread(_terminate, pool)
+        if pool is None:
+            return
+        for fut, owner in list(self._pending.items()):
+            if owner is pool and not fut.done():
+                fut.set_exception(CheckUnavailable("the source check processes were restarted; retry the request"))
+        await asyncio.to_thread(_terminate, pool)
 
     async def close(self) -> None:
         await self._restart()
