@@ -91,11 +91,12 @@ class CheckLimits:
 #: Builtins a core may call or read. Everything else (``getattr``, ``open``,
 #: ``type``, ``vars``, ``format``, ``globals``, ``__import__`` ...) is refused.
 ALLOWED_BUILTINS = frozenset({
-    "abs", "all", "any", "bool", "divmod", "enumerate", "float", "int", "isinstance", "len", "list", "max",
-    "min", "pow", "print", "range", "reversed", "round", "sum", "tuple", "zip",
+    "abs", "all", "any", "bool", "complex", "dict", "divmod", "enumerate", "filter", "float", "frozenset", "int",
+    "isinstance", "len", "list", "map", "max", "min", "pow", "print", "range", "reversed", "round", "set", "slice",
+    "sorted", "sum", "tuple", "zip",
     "True", "False", "None", "NotImplemented", "Ellipsis",
-    "ArithmeticError", "AssertionError", "NotImplementedError", "RuntimeError", "TypeError", "ValueError",
-    "ZeroDivisionError",
+    "ArithmeticError", "AssertionError", "Exception", "IndexError", "KeyError", "NotImplementedError",
+    "RuntimeError", "TypeError", "ValueError", "ZeroDivisionError",
 })
 
 #: Modules a core may import, and which of them are submodules of which.
