@@ -211,7 +211,7 @@ def test_the_openapi_document_matches_every_answer(client: TestClient) -> None:
     def operation(method: str, path: str) -> tuple[str, dict[str, Any]]:
         for template, ops in doc["paths"].items():
             parts, want = template.strip("/").split("/"), path.split("?")[0].strip("/").split("/")
-            if len(parts) == len(want) and all(p.startswith("{") or p == w for p, w in zip(parts, want)):
+            if len(parts) == len(want) and all(p.startswith("{") or p == w for p, w in zip(parts, want, strict=True)):
                 if method in ops:
                     return template, ops[method]
         raise AssertionError(f"{method} {path} is not in the OpenAPI document")

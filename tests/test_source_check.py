@@ -28,13 +28,14 @@ from flexsn_service.builds.source_check import (
 from flexsn_service.builds.source_check_pool import CheckUnavailable, SourceCheckPool
 
 COUNTS = {"num_inputs": 1, "num_states": 1, "num_static": 0}
+DEFAULT_LIMITS = CheckLimits()
 
 
-def _check(source: str, entry: str = "core", limits: CheckLimits = CheckLimits()) -> None:
+def _check(source: str, entry: str = "core", limits: CheckLimits = DEFAULT_LIMITS) -> None:
     check_source_text(textwrap.dedent(source), entry, COUNTS, default_allowlists(), limits)
 
 
-def _rejected(source: str, limits: CheckLimits = CheckLimits()) -> SourceRejected:
+def _rejected(source: str, limits: CheckLimits = DEFAULT_LIMITS) -> SourceRejected:
     with pytest.raises(SourceRejected) as info:
         _check(source, limits=limits)
     return info.value

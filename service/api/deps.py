@@ -66,21 +66,24 @@ def gate(tokens: TokenTable, client_host: str | None, authorization: str | None)
     return None
 
 
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+
+
 def _require(scope: str):  # noqa: ANN202
-    def check(
-        request: Request, ctx: Ctx, _credentials: HTTPAuthorizationCredentials | None = Security(_bearer)
-    ) -> Token | None:
-        host = request.client.host if request.client else None
-        failure = gate(ctx.tokens, host, request.headers.get("authorization"))
-        if failure is None and ctx.tokens.enabled:
-            try:
-                return ctx.tokens.authorize(request.headers.get("authorization"), scope)
-            except AuthFailure as exc:
-                failure = exc
-        if failure is not None:
-            headers = {"WWW-Authenticate": "Bearer"} if failure.status == 401 else None
-            raise HTTPException(failure.status, failure.message, headers=headers)
-        return None
+    """The token's scope (the middleware already refused unknown tokens before the body was read)."""
+
+    def check(request: Request, ctx: Ctx, _credentials: BearerCredentials) -> Token | None:
+        header = request.headers.get("authorization")
+        try:
+            if ctx.tokens.enabled:
+                return ctx.tokens.authorize(header, scope)
+            failure = gate(ctx.tokens, request.client.host if request.client else None, header)
+            if failure is not None:
+                raise failure
+            return None
+        except AuthFailure as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            raise HTTPException(exc.status, exc.message, headers=headers) from None
 
     return Depends(check)
 
@@ -123,13 +126,9 @@ _ERROR_WHY = {
 }
 
 
-def errors(*codes: int, **override: Any) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for error codes, each with the ErrorMessage body; ``override`` by ``e422=...``."""
-    out: dict[int | str, dict[str, Any]] = {}
-    for code in codes:
-        out[code] = {"model": ErrorMessage, "description": _ERROR_WHY[code]}
-        out[code].update(override.get(f"e{code}", {}))
-    return out
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error codes, each with the ErrorMessage body every error has."""
+    return {code: {"model": ErrorMessage, "description": _ERROR_WHY[code]} for code in codes}
 
 
 #: The errors of every authenticated route.

@@ -87,7 +87,7 @@ class SourceCheckPool:
             self._slots = asyncio.Semaphore(self.processes)
         try:
             await asyncio.wait_for(self._slots.acquire(), timeout=self.queue_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise CheckUnavailable(
                 f"every source check process stayed busy for {self.queue_timeout_s:g} s; retry later"
             ) from None
@@ -119,7 +119,7 @@ class SourceCheckPool:
         )
         try:
             await asyncio.wait_for(asyncio.shield(done), timeout=self.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.warning("a source check ran past %g s; restarting the check processes", self.timeout_s)
             done.cancel()  # its answer no longer matters
             if self._pool is pool:  # not a pool someone already replaced

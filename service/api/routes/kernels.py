@@ -116,7 +116,7 @@ async def request_kernels(
         return _accepted(record, spec.key)
     try:
         await asyncio.wait_for(record.done.wait(), timeout=ctx.settings.build_timeout_s + WAIT_MARGIN_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return _accepted(record, spec.key)  # still queued or running: poll it
     if record.state != "succeeded":
         raise HTTPException(422 if record.user_error else 503, _failure_detail(record))
