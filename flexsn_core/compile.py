@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -31,6 +32,8 @@ __all__ = [
     "compile_kernel",
     "load_generated_module",
     "parse_target",
+    "canonical_target",
+    "SUPPORTED_ARCHS",
     "cache_dir",
 ]
 
@@ -76,11 +79,39 @@ def _configs(*shapes: tuple[int, int, int]) -> tuple[KernelConfig, ...]:
 DEFAULT_CONFIGS: tuple[KernelConfig, ...] = _configs((512, 4, 1), (1024, 8, 1), (2048, 8, 1))
 
 
+#: The GPU archs Triton 3.6 compiles for: what its bundled ptxas (CUDA 12.8,
+#: and 12.9 "ptxas-blackwell" for sm_100 and up) accepts, each checked by
+#: compiling every kernel kind for it on a CPU machine. sm_110 and others fail
+#: in ptxas. Triton documents compute capability 8.0+ as supported; older archs
+#: compile but are not tested here.
+SUPPORTED_ARCHS: frozenset[int] = frozenset(
+    {50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90, 100, 101, 103, 120, 121}
+)
+
+_TARGET = re.compile(r"cuda:([0-9]{1,4})")
+
+
 def parse_target(target: str) -> tuple[str, int]:
-    backend, _, arch = target.partition(":")
-    if backend != "cuda" or not arch.isdigit():
-        raise ValueError(f"target must look like 'cuda:90', got {target!r}")
-    return backend, int(arch)
+    """``"cuda:90"`` -> ``("cuda", 90)``; leading zeros are dropped (``cuda:090`` is ``cuda:90``).
+
+    ValueError for anything else, including an arch Triton cannot compile for.
+    """
+    match = _TARGET.fullmatch(target) if isinstance(target, str) else None
+    if match is None:
+        raise ValueError(f"target must look like 'cuda:90' (cuda:<compute capability>), got {str(target)[:40]!r}")
+    arch = int(match.group(1))
+    if arch not in SUPPORTED_ARCHS:
+        raise ValueError(
+            f"target {target!r}: Triton 3.6 cannot compile for sm_{arch}; "
+            f"supported: {', '.join(f'cuda:{a}' for a in sorted(SUPPORTED_ARCHS))}"
+        )
+    return "cuda", arch
+
+
+def canonical_target(target: str) -> str:
+    """The one spelling of a target that keys and manifests use (``cuda:090`` -> ``cuda:90``)."""
+    backend, arch = parse_target(target)
+    return f"{backend}:{arch}"
 
 
 _MODULE_LOCK = threading.Lock()
@@ -190,7 +221,7 @@ def compile_kernel(gen: GeneratedKernels, kind: str, config: KernelConfig, targe
     launch = {key: meta[key] for key in _LAUNCH_KEYS}
     return CompiledBinary(
         kind=kind,
-        target=target,
+        target=f"{backend}:{arch}",
         config=config,
         binary=bytes(compiled.asm["cubin"]),
         launch=launch,

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from flexsn_core.compile import canonical_target
+
 from .api.deps import ServiceContext
+from .api.middleware import AuthGateMiddleware, BodyLimitMiddleware
 from .api.routes import blobs, builds, kernels, status
 from .auth import load_tokens
 from .builds.manager import BuildManager
+from .builds.source_check_pool import SourceCheckPool
 from .config import Settings, get_settings
 from .logs import RequestContextMiddleware, configure_logging
 from .metrics import ServiceMetrics
@@ -28,61 +32,27 @@ logger = logging.getLogger("flexsn_service")
 
 
 def local_gpu_target() -> str | None:
-    """``cuda:XY`` of this host's GPU, or None."""
+    """``cuda:XY`` of this host's GPU, or None (also when Triton cannot compile for it)."""
     import torch
 
     if not torch.cuda.is_available():
         return None
     major, minor = torch.cuda.get_device_capability(0)
-    return f"cuda:{major * 10 + minor}"
+    try:
+        return canonical_target(f"cuda:{major * 10 + minor}")
+    except ValueError as exc:
+        logger.warning("not building for this host's GPU: %s", exc)
+        return None
+
+
+def _check_processes() -> int:
+    """Source-check processes: one on small hosts (serving reads keeps the other cores)."""
+    return 1 if (os.cpu_count() or 1) <= 4 else 2
 
 
 def _route_id(route: APIRoute) -> str:
     """Stable OpenAPI operation ids: the route function's name."""
     return route.name
-
-
-class BodyLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` with 413 (declared or streamed)."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
-            return
-        seen = 0
-
-        async def limited_receive() -> Any:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._reject(send)
-
-    async def _reject(self, send: Any) -> None:
-        response = JSONResponse(
-            {"detail": f"request body over the {self.max_bytes}-byte limit"}, status_code=413
-        )
-        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
-        await send({"type": "http.response.body", "body": response.body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -95,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = open_store(settings.store)
         tokens = load_tokens(settings.tokens)
         gpu_target = local_gpu_target() if settings.use_gpu else None
-        targets = [gpu_target] if gpu_target else settings.target_list
+        targets = [gpu_target] if gpu_target else sorted({canonical_target(t) for t in settings.target_list})
         work_dir = ((settings.store_directory or Path("flexsn-work")) / "work").resolve()
         manager = BuildManager(
             store,
@@ -110,7 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         manager.start()
         metrics.watch_store(store.stats)
-        app.state.ctx = ServiceContext(settings, store, tokens, manager, metrics, targets, gpu_target)
+        checks = SourceCheckPool(processes=_check_processes())
+        app.state.ctx = ServiceContext(settings, store, tokens, manager, metrics, targets, gpu_target, checks)
         if tokens.enabled:
             logger.info("auth: %d bearer token(s) loaded from %s", len(tokens.tokens), settings.tokens)
         else:
@@ -126,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await manager.shutdown()
+            await checks.close()
             store.close()
 
     app = FastAPI(
@@ -154,6 +126,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         route = request.scope.get("route")
         metrics.requests.labels(getattr(route, "path", "unmatched"), str(code)).inc()
 
+    # Outermost last: request ids and logs for every answer, then auth, then the body limit,
+    # so an anonymous request is refused (401) before its body is read or measured.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    public = ("/healthz", app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    app.add_middleware(AuthGateMiddleware, public_paths=public)
     app.add_middleware(RequestContextMiddleware, on_response=count)
     return app

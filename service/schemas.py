@@ -90,3 +90,28 @@ class Health(BaseModel):
     status: Literal["ok"]
     store: str
     auth: Literal["tokens", "localhost-only"]
+
+
+class TuningResult(BaseModel):
+    accepted: int = Field(description="how many of the reported choices were new (the first per bucket wins)")
+    tuning: dict[str, Any] = Field(description="the target's tuning table after the report")
+
+
+# ------------------------------------------------------------------ errors
+class ErrorMessage(BaseModel):
+    """Every error the service answers has this body (``detail`` says what to do)."""
+
+    detail: str
+
+
+class BuildFailure(BaseModel):
+    message: str
+    build_id: str
+    error_type: str | None
+    log_tail: list[str]
+
+
+class BuildFailed(BaseModel):
+    """A build that ended in failure (``POST /v1/kernels?wait=true``)."""
+
+    detail: BuildFailure

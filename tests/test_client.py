@@ -7,9 +7,11 @@ received).
 
 from __future__ import annotations
 
+import io
 import json
-import sqlite3
+import secrets
 import subprocess
+import tarfile
 import sys
 import textwrap
 import time
@@ -124,23 +126,42 @@ def test_unreachable_service_falls_back_with_one_warning(fresh_mirror: Path) -> 
     assert torch.isfinite(x.grad).all()
 
 
-def test_tampered_blob_is_refused(server: Server, tmp_path: Path) -> None:
+class _Tamper(httpx.BaseTransport):
+    """Flips the tail of one blob on its way to the client (the service itself never serves a
+    damaged blob: it re-hashes on read, see test_service_harden), in /v1/blobs and in bundles."""
+
+    def __init__(self, sha: str) -> None:
+        self.sha = sha
+        self.inner = httpx.HTTPTransport()
+
+    def _flip(self, data: bytes) -> bytes:
+        return data[:-64] + bytes(b ^ 0x5A for b in data[-64:])
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        response.read()
+        content = response.content
+        if request.url.path == f"/v1/blobs/{self.sha}":
+            content = self._flip(content)
+        elif request.url.path.endswith("/bundle") and response.status_code == 200:
+            out = io.BytesIO()
+            with tarfile.open(fileobj=io.BytesIO(content)) as src, tarfile.open(fileobj=out, mode="w") as dst:
+                for member in src.getmembers():
+                    data = src.extractfile(member).read()
+                    dst.addfile(member, io.BytesIO(self._flip(data) if member.name == self.sha else data))
+            content = out.getvalue()
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in ("content-length", "content-encoding")]
+        return httpx.Response(response.status_code, headers=headers, content=content, request=request)
+
+
+def test_tampered_blob_is_refused(server: Server, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     spec = KernelSpec.from_core(neurons.izhikevich, 1, 2, 2)
     with server.client(timeout=300) as http:
         manifest = http.post("/v1/kernels", params={"wait": "true"}, json=spec.to_dict()).json()
     sha = manifest["binaries"][0]["sha256"]
-    db = sqlite3.connect(server.store / "db" / "cache.db")
-    value, filename = db.execute("SELECT value, filename FROM Cache WHERE key = ?", (f"blob:{sha}",)).fetchone()
-    if filename:  # a large blob lives in its own file
-        path = server.store / "db" / filename
-        data = path.read_bytes()
-        path.write_bytes(data[:-64] + b"\x90" * 64)
-    else:
-        db.execute("UPDATE Cache SET value = ? WHERE key = ?", (bytes(value[:-64]) + b"\x90" * 64, f"blob:{sha}"))
-        db.commit()
-    db.close()
+    api = ServiceAPI(server.url, transport=_Tamper(sha))
 
-    client = KernelCacheClient(server.url, local_dir=tmp_path / "mirror-a")
+    client = KernelCacheClient(server.url, local_dir=tmp_path / "mirror-a", api=api)
     with pytest.raises(IntegrityError, match="does not match its sha256 twice"):
         client.fetch_blob(sha)
     assert not client.mirror.has_blob(sha)
@@ -149,18 +170,22 @@ def test_tampered_blob_is_refused(server: Server, tmp_path: Path) -> None:
     assert client.mirror.get_manifest(spec.key) is None
 
     # FlexSN never uses it: it warns and builds locally.
+    import flexsn_client.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "shared_api", lambda *_args, **_kwargs: api)
     with pytest.warns(KernelCacheWarning, match="IntegrityError"):
         FlexSN(neurons.izhikevich, 1, 2, 2, backend="remote-cache", cache_url=server.url)
     report = run_cli("verify", "--store", f"disk:{server.store}")
-    assert report.returncode == 1 and sha in report.stdout
+    assert report.returncode == 0, report.stdout  # the store itself is intact
 
 
 def test_wrong_token_is_a_clear_auth_error(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
-    tokens.write_text("k" * 24 + " build trainer\n")
+    tokens.write_text(secrets.token_urlsafe(32) + " build trainer\n")
     with live_server(tmp_path / "auth", tokens=str(tokens)) as server:
         with pytest.raises(AuthError, match="FLEXSN_CACHE_TOKEN"):
-            FlexSN(neurons.lif_hard, 1, 1, 1, backend="remote-cache", cache_url=server.url, cache_token="w" * 24)
+            FlexSN(neurons.lif_hard, 1, 1, 1, backend="remote-cache", cache_url=server.url,
+                   cache_token=secrets.token_urlsafe(32))
         with pytest.raises(AuthError, match="401"):
             KernelCacheClient(server.url).get(KernelSpec.from_core(neurons.lif_hard, 1, 1, 1))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import secrets
 import time
 
 import neurons
@@ -128,7 +129,7 @@ def test_service_survives_kill_9_during_builds(tmp_path) -> None:  # noqa: ANN00
 
 def test_bearer_tokens_and_scopes(tmp_path) -> None:  # noqa: ANN001
     tokens = tmp_path / "tokens.txt"
-    reader, builder = "r" * 20 + "eadtoken", "b" * 20 + "uildtoken"
+    reader, builder = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     tokens.write_text(f"# token scopes name\n{reader} read ci-reader\n{builder} build trainer\n")
     with live_server(tmp_path / "auth", tokens=str(tokens)) as server:
         body = _spec("lif_hard")
@@ -136,7 +137,7 @@ def test_bearer_tokens_and_scopes(tmp_path) -> None:  # noqa: ANN001
             assert anonymous.get("/v1/stats").status_code == 401
             assert anonymous.post("/v1/kernels", json=body).status_code == 401
             assert anonymous.get("/healthz").json()["auth"] == "tokens"
-        with server.client("wrong-token-000000000") as wrong:
+        with server.client(secrets.token_urlsafe(32)) as wrong:
             assert wrong.get("/v1/stats").status_code == 401
         with server.client(reader) as read:
             assert read.get("/v1/stats").status_code == 200

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import os
+import secrets
+import uuid
+from pathlib import Path
 
 import neurons
 import pytest
@@ -11,7 +16,7 @@ from test_store import _artifact, _put
 
 from flexsn_core import KernelSpec
 from flexsn_service import Settings, create_app
-from flexsn_service.auth import load_tokens
+from flexsn_service.auth import load_tokens, token_problem
 from flexsn_service.builds.sandbox import SourceRejected, check_source
 from flexsn_service.cli import parse_size
 from flexsn_service.config import parse_configs
@@ -134,16 +139,52 @@ def test_sandbox_rejections(source: str, message: str) -> None:
 
 def test_tokens_file_rules(tmp_path) -> None:  # noqa: ANN001
     path = tmp_path / "tokens"
+    token = secrets.token_urlsafe(32)
     path.write_text("changeme read\n")
-    with pytest.raises(ValueError, match="placeholder"):
+    with pytest.raises(ValueError, match="does not look generated.*token_urlsafe"):
         load_tokens(path)
-    path.write_text("a" * 30 + " superuser\n")
+    path.write_text(token + " superuser\n")
     with pytest.raises(ValueError, match="unknown scope"):
         load_tokens(path)
-    path.write_text("a" * 30 + " admin root\n")
+    path.write_text(f"# comment\n\n{token} admin root\n")
     table = load_tokens(path)
-    assert table.authorize("Bearer " + "a" * 30, "build").name == "root"
+    assert table.authorize("Bearer " + token, "build").name == "root"
     assert load_tokens(None).enabled is False
+
+
+def test_the_example_tokens_file_never_loads() -> None:
+    example = Path(__file__).resolve().parent.parent / "docker" / "tokens.example"
+    with pytest.raises(ValueError, match="does not look generated") as info:
+        load_tokens(example)
+    assert "secrets.token_urlsafe(32)" in str(info.value)
+    for line in example.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert token_problem(line.split()[0]) is not None
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    ["REPLACE-WITH-A-GENERATED-TOKEN-1", "Replace-With-A-Generated-Token-2", "replace_with_a_generated_token_1",
+     "CHANGE-ME-TO-A-LONG-RANDOM-SECRET-TOKEN-PLEASE", "your-secret-token-goes-here-now-ok",
+     "PUT_A_REAL_TOKEN_HERE_0000000000000", "a" * 64, "0" * 40, "changeme", "short-but-Random-9x", "token with spaces"],
+)
+def test_placeholder_tokens_are_refused_by_rule(placeholder: str) -> None:
+    assert token_problem(placeholder) is not None
+
+
+def test_generated_tokens_are_always_accepted() -> None:
+    generators = {
+        "token_urlsafe(32)": lambda: secrets.token_urlsafe(32),
+        "token_urlsafe(24)": lambda: secrets.token_urlsafe(24),
+        "token_hex(32)": lambda: secrets.token_hex(32),
+        "token_hex(16)": lambda: secrets.token_hex(16),
+        "openssl rand -base64 32": lambda: base64.b64encode(os.urandom(32)).decode(),
+        "uuid4().hex": lambda: uuid.uuid4().hex,
+        "base32": lambda: base64.b32encode(os.urandom(20)).decode(),
+    }
+    for name, generate in generators.items():
+        refused = [t for t in (generate() for _ in range(20_000)) if token_problem(t) is not None]
+        assert not refused, (name, refused[:3], token_problem(refused[0]) if refused else None)
 
 
 def test_size_and_config_parsing() -> None:

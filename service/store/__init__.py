@@ -6,10 +6,10 @@ reserved for the shared store of several replicas (not implemented yet).
 
 from __future__ import annotations
 
-from .base import GcReport, ManifestInfo, Store, StoreError, VerifyReport
+from .base import CorruptEntry, GcReport, ManifestInfo, Store, StoreError, VerifyReport
 from .disk import DiskStore
 
-__all__ = ["Store", "DiskStore", "StoreError", "ManifestInfo", "VerifyReport", "GcReport", "open_store"]
+__all__ = ["Store", "DiskStore", "StoreError", "CorruptEntry", "ManifestInfo", "VerifyReport", "GcReport", "open_store"]
 
 
 def open_store(url: str) -> Store:

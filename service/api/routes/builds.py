@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path
 
 from ...schemas import BuildStatus
-from ..deps import Ctx, ReadScope
+from ..deps import AUTH_ERRORS, Ctx, ReadScope, errors
 
 router = APIRouter(prefix="/v1/builds", tags=["builds"])
 
 
-@router.get("/{build_id}", response_model=BuildStatus, summary="State, progress, error and log tail of a build")
-async def get_build(build_id: str, ctx: Ctx, _auth: ReadScope) -> BuildStatus:
+@router.get("/{build_id}", response_model=BuildStatus, responses=errors(*AUTH_ERRORS, 404, 422),
+            summary="State, progress, error and log tail of a build")
+async def get_build(
+    build_id: Annotated[str, Path(max_length=64, description="from POST /v1/kernels")], ctx: Ctx, _auth: ReadScope
+) -> BuildStatus:
     record = ctx.builds.get(build_id)
     if record is None:
         raise HTTPException(404, f"no build {build_id!r} (builds are kept until the service restarts)")

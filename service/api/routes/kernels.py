@@ -11,39 +11,58 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 
-from flexsn_core.compile import parse_target
+from flexsn_core.compile import canonical_target
 from flexsn_core.spec import KernelSpec
 
-from ...builds.sandbox import SourceRejected, check_source
-from ...schemas import BuildAccepted, BuildRequest, KernelPage, KernelSummary, TuningReport
-from ..deps import AdminScope, BuildScope, Ctx, ReadScope, SpecKey
+from ...builds.source_check import SourceRejected
+from ...builds.source_check_pool import CheckUnavailable
+from ...schemas import (
+    BuildAccepted,
+    BuildFailed,
+    BuildRequest,
+    ErrorMessage,
+    KernelPage,
+    KernelSummary,
+    TuningReport,
+    TuningResult,
+)
+from ..deps import AUTH_ERRORS, AdminScope, BuildScope, Ctx, ReadScope, SpecKey, errors
 
 router = APIRouter(prefix="/v1/kernels", tags=["kernels"])
 
-_tuning_locks: dict[str, asyncio.Lock] = {}
+#: How long ``wait=true`` may wait beyond the build's own time limit (queueing, tuning, storing)
+#: before it answers 202 and leaves the rest to polling: a request never hangs on a build.
+WAIT_MARGIN_S = 60.0
+
+_MANIFEST = {"description": "the manifest (spec, kernels, binaries by sha256, tuning)",
+             "content": {"application/json": {"schema": {"type": "object"}}}}
+_FAILED_BUILD = {"model": ErrorMessage | BuildFailed}
 
 
-def _spec(body: BuildRequest, ctx: Ctx) -> KernelSpec:
+async def _spec(body: BuildRequest, ctx: Ctx) -> KernelSpec:
     data = body.model_dump(exclude={"targets"})
     try:
         spec = KernelSpec.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise HTTPException(422, f"invalid spec: {exc}") from None
-    try:
-        check_source(spec, max_bytes=ctx.settings.max_source_bytes)
-    except SourceRejected as exc:
-        raise HTTPException(422, f"the core source was rejected: {exc}") from None
+    # FLEXSN_SERVICE_SOURCE_CHECK=0 (a test-only setting, defined with the build jail) skips the
+    # check so that the jail alone is tested; the check is a courtesy, the jail is the boundary.
+    if getattr(ctx.settings, "source_check", True):
+        try:
+            await ctx.checks.check(spec, max_bytes=ctx.settings.max_source_bytes)
+        except SourceRejected as exc:
+            raise HTTPException(422, f"the core source was rejected: {exc}") from None
+        except CheckUnavailable as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
     return spec
 
 
-def _targets(body: BuildRequest, ctx: Ctx) -> list[str]:
-    targets = body.targets or ctx.targets
-    for target in targets:
-        try:
-            parse_target(target)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-    return sorted(set(targets))
+def _targets(requested: list[str] | None, ctx: Ctx) -> list[str]:
+    """Canonical targets (``cuda:090`` is ``cuda:90``); 422 for one Triton cannot compile for."""
+    try:
+        return sorted({canonical_target(t) for t in requested or ctx.targets})
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 def _has_targets(manifest: dict[str, Any], targets: list[str]) -> bool:
@@ -60,22 +79,33 @@ def _failure_detail(record: Any) -> dict[str, Any]:
     }
 
 
+def _accepted(record: Any, key: str) -> JSONResponse:
+    body = BuildAccepted(build_id=record.id, key=key, state=record.state, status_url=f"/v1/builds/{record.id}")
+    return JSONResponse(body.model_dump(), status_code=202)
+
+
 @router.post(
     "",
     status_code=200,
-    responses={202: {"model": BuildAccepted, "description": "not cached: a build was started or joined"},
-               422: {"description": "invalid spec or source, or (with wait=true) a failed build"}},
+    responses={
+        200: _MANIFEST,
+        202: {"model": BuildAccepted, "description": "not cached: a build was started or joined (poll status_url)"},
+        **errors(*AUTH_ERRORS, 413, 422, 503),
+        422: {**_FAILED_BUILD, "description": "invalid spec, source or target; or (wait=true) the build failed"},
+        503: {**_FAILED_BUILD, "description": "store or source check unavailable; or (wait=true) the build "
+                                              "failed for a reason of the service's own"},
+    },
     summary="Get the manifest of a spec, building it if needed",
 )
 async def request_kernels(
     body: BuildRequest,
     ctx: Ctx,
     _auth: BuildScope,
-    wait: Annotated[bool, Query(description="block until the build finishes")] = False,
+    wait: Annotated[bool, Query(description="block until the build finishes (bounded; else 202)")] = False,
 ) -> Any:
-    spec = _spec(body, ctx)
-    targets = _targets(body, ctx)
-    manifest = await asyncio.to_thread(ctx.store.get_manifest, spec.key, touch=True)
+    targets = _targets(body.targets, ctx)
+    spec = await _spec(body, ctx)
+    manifest = await asyncio.to_thread(ctx.store.get_intact_manifest, spec.key, touch=True)
     if manifest is not None and _has_targets(manifest, targets):
         ctx.metrics.hits.inc()
         return JSONResponse(manifest)
@@ -83,19 +113,21 @@ async def request_kernels(
     have = {b["target"] for b in manifest["binaries"]} if manifest else set()
     record, _ = ctx.builds.request(spec, [t for t in targets if t not in have])
     if not wait:
-        accepted = BuildAccepted(
-            build_id=record.id, key=spec.key, state=record.state, status_url=f"/v1/builds/{record.id}"
-        )
-        return JSONResponse(accepted.model_dump(), status_code=202)
-    await record.done.wait()
+        return _accepted(record, spec.key)
+    try:
+        await asyncio.wait_for(record.done.wait(), timeout=ctx.settings.build_timeout_s + WAIT_MARGIN_S)
+    except TimeoutError:
+        return _accepted(record, spec.key)  # still queued or running: poll it
     if record.state != "succeeded":
-        status = 422 if record.user_error else 503
-        raise HTTPException(status, _failure_detail(record))
-    manifest = await asyncio.to_thread(ctx.store.get_manifest, spec.key)
+        raise HTTPException(422 if record.user_error else 503, _failure_detail(record))
+    manifest = await asyncio.to_thread(ctx.store.get_intact_manifest, spec.key)
+    if manifest is None:
+        raise HTTPException(503, "the build succeeded but its kernel is gone from the store; retry the request")
     return JSONResponse(manifest)
 
 
-@router.get("", response_model=KernelPage, summary="List stored kernels, in key order")
+@router.get("", response_model=KernelPage, responses=errors(*AUTH_ERRORS, 422, 503),
+            summary="List stored kernels, in key order")
 async def list_kernels(
     ctx: Ctx,
     _auth: ReadScope,
@@ -108,9 +140,10 @@ async def list_kernels(
     )
 
 
-@router.get("/{key}", summary="The manifest of a stored kernel", responses={404: {"description": "not stored"}})
+@router.get("/{key}", summary="The manifest of a stored kernel",
+            responses={200: _MANIFEST, **errors(*AUTH_ERRORS, 404, 422, 503)})
 async def get_kernel(key: SpecKey, ctx: Ctx, _auth: ReadScope) -> Any:
-    manifest = await asyncio.to_thread(ctx.store.get_manifest, key, touch=True)
+    manifest = await asyncio.to_thread(ctx.store.get_intact_manifest, key, touch=True)
     if manifest is None:
         raise HTTPException(404, f"no kernel with key {key}; POST its spec to /v1/kernels to build it")
     return JSONResponse(manifest)
@@ -118,8 +151,10 @@ async def get_kernel(key: SpecKey, ctx: Ctx, _auth: ReadScope) -> Any:
 
 @router.get(
     "/{key}/bundle",
+    response_class=Response,
     summary="The source and binaries of a kernel (for some targets) in one tar archive",
-    responses={200: {"content": {"application/x-tar": {}}}, 404: {"description": "not stored"}},
+    responses={200: {"content": {"application/x-tar": {}}, "description": "members named by sha256"},
+               **errors(*AUTH_ERRORS, 404, 422, 503)},
 )
 async def get_bundle(
     key: SpecKey,
@@ -127,55 +162,63 @@ async def get_bundle(
     _auth: ReadScope,
     target: Annotated[list[str] | None, Query(description="only binaries for these targets")] = None,
 ) -> Response:
-    """Members are named by their sha256; the client re-hashes each (one round trip instead of one per blob)."""
+    """Members are named by their sha256; the client re-hashes each (one round trip instead of one per blob).
+
+    Every blob is checked against its name before it goes in; if one is missing
+    or damaged the kernel is dropped and this answers 404 (POST the spec to rebuild).
+    """
+    targets = _targets(target, ctx) if target else None
     manifest = await asyncio.to_thread(ctx.store.get_manifest, key, touch=True)
     if manifest is None:
         raise HTTPException(404, f"no kernel with key {key}")
     shas = {manifest["source"]["sha256"]} | {
-        b["sha256"] for b in manifest["binaries"] if not target or b["target"] in target
+        b["sha256"] for b in manifest["binaries"] if targets is None or b["target"] in targets
     }
-    data = await asyncio.to_thread(_tar, ctx, sorted(shas))
+    data = await asyncio.to_thread(_tar, ctx, key, sorted(shas))
+    if data is None:
+        raise HTTPException(404, f"the kernel {key} was damaged in the store and has been dropped; "
+                                 "POST its spec to /v1/kernels to rebuild it")
     return Response(data, media_type="application/x-tar")
 
 
-def _tar(ctx: Ctx, shas: list[str]) -> bytes:
+def _tar(ctx: Ctx, key: str, shas: list[str]) -> bytes | None:
+    """The blobs in a tar; None if one is missing or damaged (then the kernel is dropped)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
         for sha in shas:
             blob = ctx.store.read_blob(sha)
             if blob is None:
-                continue  # the client notices and fetches it on its own
+                ctx.store.get_intact_manifest(key)  # finds the gap and drops the manifest
+                return None
             info = tarfile.TarInfo(sha)
             info.size = len(blob)
             archive.addfile(info, io.BytesIO(blob))
     return buffer.getvalue()
 
 
-@router.delete("/{key}", status_code=204, summary="Delete a kernel and its unshared blobs (admin)")
+@router.delete("/{key}", status_code=204, responses=errors(*AUTH_ERRORS, 404, 422, 503),
+               summary="Delete a kernel and its unshared blobs (admin)")
 async def delete_kernel(key: SpecKey, ctx: Ctx, _auth: AdminScope) -> Response:
     if not await asyncio.to_thread(ctx.store.delete_kernel, key):
         raise HTTPException(404, f"no kernel with key {key}")
     return Response(status_code=204)
 
 
-@router.post("/{key}/tuning", summary="Report tuned config choices a GPU client measured")
-async def report_tuning(key: SpecKey, body: TuningReport, ctx: Ctx, _auth: BuildScope) -> dict[str, Any]:
-    try:
-        parse_target(body.target)
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
-    lock = _tuning_locks.setdefault(key, asyncio.Lock())
-    async with lock:
+@router.post("/{key}/tuning", response_model=TuningResult, responses=errors(*AUTH_ERRORS, 404, 413, 422, 503),
+             summary="Report tuned config choices a GPU client measured")
+async def report_tuning(key: SpecKey, body: TuningReport, ctx: Ctx, _auth: BuildScope) -> TuningResult:
+    [target] = _targets([body.target], ctx)
+    async with ctx.tuning_lock:
         manifest = await asyncio.to_thread(ctx.store.get_manifest, key)
         if manifest is None:
             raise HTTPException(404, f"no kernel with key {key}")
-        available = {(b["kind"], b["config_id"]) for b in manifest["binaries"] if b["target"] == body.target}
+        available = {(b["kind"], b["config_id"]) for b in manifest["binaries"] if b["target"] == target}
         if not available:
-            raise HTTPException(422, f"the kernel has no binaries for {body.target}")
+            raise HTTPException(422, f"the kernel has no binaries for {target}")
         for choice in body.choices:
             if (choice.kind, choice.config_id) not in available:
-                raise HTTPException(422, f"unknown config {choice.config_id!r} for the {choice.kind} kernel on {body.target}")
-        table = manifest.setdefault("tuning", {}).setdefault(body.target, {})
+                raise HTTPException(422, f"unknown config {choice.config_id!r} for the {choice.kind} kernel on {target}")
+        table = manifest.setdefault("tuning", {}).setdefault(target, {})
         accepted = 0
         for choice in body.choices:
             bucket = table.setdefault(choice.kind, {}).setdefault(str(choice.bucket), {})
@@ -184,4 +227,4 @@ async def report_tuning(key: SpecKey, body: TuningReport, ctx: Ctx, _auth: Build
                 accepted += 1
         if accepted:
             await asyncio.to_thread(ctx.store.put_manifest, manifest, now=time.time())
-    return {"accepted": accepted, "tuning": manifest["tuning"].get(body.target, {})}
+    return TuningResult(accepted=accepted, tuning=manifest["tuning"].get(target, {}))
