@@ -1,0 +1,85 @@
+"""The forward-running kernel kinds: ``inference``, ``inference_final`` and the training ``forward``.
+
+One template, three shapes: which sequences it stores (state sequences always,
+behind a flag, or never), whether it stores final states, and which extra
+buffers of the save plan it writes.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from ..trace import GraphLike, TracedCore
+from .blocks import (
+    CommonParams,
+    KernelBuilder,
+    KernelDef,
+    emit_graph,
+    load_expr,
+    needed_nodes,
+    placeholders,
+    returns_of,
+    store_line,
+)
+from .lower import Val, node_dtype, physical
+from .partition import stored_dtype
+
+__all__ = ["forward_kernel"]
+
+
+
+def forward_kernel(
+    kind: str,
+    gm: GraphLike,
+    traced: TracedCore,
+    extras: list[fx.Node],
+    *,
+    state_seqs: str,  # "always" | "flag" | "never"
+    finals: bool,
+) -> tuple[str, KernelDef]:
+    spec = traced.spec
+    dtype = spec.torch_dtype
+    k = KernelBuilder(kind, dtype)
+    common = CommonParams(k, spec)
+    outs = [k.ptr(f"out{i}") for i in range(spec.num_outputs)]
+    sseqs = [k.ptr(f"sseq{j}") for j in range(spec.num_states)] if state_seqs != "never" else []
+    store_flag = k.param("store_sseq", "i32") if state_seqs == "flag" else None
+    fins = [k.ptr(f"fin{j}") for j in range(spec.num_states)] if finals else []
+    savs = [k.ptr(f"sav{m}", stored_dtype(node_dtype(n))) for m, n in enumerate(extras)]
+
+    pre = k.emitter("    ", "p")
+    static_vals = common.load_statics(pre)
+    state_vals = common.load_inits(pre, "s")
+    k.line("for t in range(T):")
+    k.line("row = t * N", "        ")
+    e = k.emitter("        ", "v")
+    params = placeholders(gm)
+    for i, node in enumerate(params[: spec.num_inputs]):
+        name = e.tmp(load_expr(f"{common.inputs[i]} + row + offs", dtype, "mask"))
+        e.env[node] = Val(name, dtype)
+    for j, node in enumerate(params[spec.num_inputs : spec.num_inputs + spec.num_states]):
+        e.env[node] = state_vals[j]
+    for c, node in enumerate(params[spec.num_inputs + spec.num_states :]):
+        e.env[node] = static_vals[c]
+    returns = returns_of(gm)
+    user = returns[: spec.num_outputs + spec.num_states]
+    emit_graph(e, gm, needed_nodes(user + extras, set(params)))
+    smask = "mask" if store_flag is None else f"mask & ({store_flag} != 0)"
+    for i, ptr in enumerate(outs):
+        e.line(store_line(f"{ptr} + row + offs", e.env[user[i]], dtype, "mask", e))
+    for j, ptr in enumerate(sseqs):
+        e.line(store_line(f"{ptr} + row + offs", e.env[user[spec.num_outputs + j]], dtype, smask, e))
+    for m, (ptr, node) in enumerate(zip(savs, extras)):
+        e.line(store_line(f"{ptr} + row + offs", e.env[node], stored_dtype(node_dtype(node)), "mask", e))
+    # Rebind the loop-carried states through temporaries (a core may swap states).
+    # States carried to the next step are rounded to the dtype, as the loop would store them.
+    new_states = [
+        e.tmp(e.round_to(e.as_(e.env[user[spec.num_outputs + j]], physical(dtype)), dtype))
+        for j in range(spec.num_states)
+    ]
+    for j, name in enumerate(new_states):
+        e.line(f"{state_vals[j].expr} = {name}")
+    post = k.emitter("    ", "q")
+    for j, ptr in enumerate(fins):
+        post.line(store_line(f"{ptr} + offs", state_vals[j], dtype, "mask", post))
+    return k.render()
