@@ -26,7 +26,7 @@ import torch
 
 from .counters import bump
 from .artifacts import Artifact, build_artifacts, generate, merge_binaries, sha256_hex, validate_manifest
-from .compile import DEFAULT_CONFIGS
+from .compile import default_configs
 from .errors import ArtifactError, IntegrityError
 from .runtime import KernelSet
 from .settings import cache_dir, interpreter_enabled
@@ -162,7 +162,7 @@ def kernels_for(spec: KernelSpec, device: torch.device, *, store: LocalStore | N
         if manifest is not None and any(b["target"] == target for b in manifest["binaries"]):
             bump("local_hits")
         else:
-            artifact = build_artifacts(spec, targets=(target,), configs=DEFAULT_CONFIGS)
+            artifact = build_artifacts(spec, targets=(target,), configs=default_configs(spec.torch_dtype))
             for sha, data in artifact.blobs.items():
                 store.put_blob(sha, data)
             manifest = artifact.manifest if manifest is None else merge_binaries(manifest, artifact.manifest)

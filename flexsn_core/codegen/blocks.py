@@ -22,6 +22,7 @@ __all__ = [
     "KernelBuilder",
     "CommonParams",
     "load_expr",
+    "convert_expr",
     "store_line",
     "placeholders",
     "returns_of",
@@ -50,14 +51,18 @@ class KernelDef:
     params: tuple[tuple[str, str], ...]  # (name, Triton signature type); BLOCK is "constexpr"
 
 
-def load_expr(ptr: str, dtype: torch.dtype, mask: str) -> str:
-    raw = f"tl.load({ptr}, mask={mask}, other=0)"
+def convert_expr(raw: str, dtype: torch.dtype) -> str:
+    """A loaded value of ``dtype`` as the fp32 (or its own) register type."""
     if dtype == torch.bfloat16:
         emulated = f"({raw}.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)"
         return f"({emulated} if INTERPRET else {raw}.to(tl.float32))"
     if dtype == torch.float16:
         return f"{raw}.to(tl.float32)"
     return raw
+
+
+def load_expr(ptr: str, dtype: torch.dtype, mask: str) -> str:
+    return convert_expr(f"tl.load({ptr}, mask={mask}, other=0)", dtype)
 
 
 def store_line(ptr: str, value: Val, dtype: torch.dtype, mask: str, e: Emitter) -> str:
@@ -78,7 +83,13 @@ def _paren_name(expr: str) -> str:
 
 
 class KernelBuilder:
-    """Accumulates the parameter list and body of one kernel function."""
+    """Accumulates the parameter list and body of one kernel function.
+
+    The body is written at the indentation of a kernel that owns one block
+    (``offs``, ``mask``); :meth:`render` wraps it in a grid-stride loop over
+    blocks, so a launch may use fewer programs than blocks (persistent
+    programs) and one program per block is just one iteration.
+    """
 
     def __init__(self, kind: str, spec_dtype: torch.dtype) -> None:
         self.kind = kind
@@ -86,6 +97,9 @@ class KernelBuilder:
         self.dtype = spec_dtype
         self.params: list[tuple[str, str]] = []
         self.body: list[str] = []
+        self._loop_at: int | None = None  # where the time loop starts (prefetches go before it)
+        self._reverse = False
+        self._streams = 0
 
     def param(self, name: str, ty: str) -> str:
         self.params.append((name, ty))
@@ -100,22 +114,75 @@ class KernelBuilder:
     def line(self, text: str, indent: str = "    ") -> None:
         self.body.append(indent + text)
 
+    # ------------------------------------------------------------ the time loop
+    def time_loop(self, *, reverse: bool) -> None:
+        """Open the loop over time steps (``t``, ``row = t * N``); reverse runs T-1 .. 0."""
+        self._loop_at = len(self.body)
+        self._reverse = reverse
+        if reverse:
+            self.line("for i in range(T):")
+            self.line("t = T - 1 - i", "        ")
+        else:
+            self.line("for t in range(T):")
+        self.line("row = t * N", "        ")
+
+    def stream(self, e: Emitter, ptr: str, dtype: torch.dtype, mask: str, shift: int = 0) -> str:
+        """Load this step's element of a ``[T, N]`` buffer at row ``t + shift`` (shift 0 or -1).
+
+        With the ``PREFETCH`` constexpr the next step's element is loaded one
+        iteration ahead (the first one before the loop), so each thread keeps a
+        second load in flight per stream while it computes; the values are the
+        same. ``mask`` must not depend on ``t``; rows outside ``0 .. T-1`` are
+        masked off. Returns the name of the value in its register type.
+        """
+        assert self._loop_at is not None, "stream() outside the time loop"
+        self._streams += 1
+        nxt, cur = f"pf{self._streams}", f"ld{self._streams}"
+        back = " - N" if shift == -1 else ""
+
+        def load(t: str, row: str, edge: str | None) -> str:
+            conds = ([f"{t} > 0"] if shift == -1 else []) + ([edge] if edge else [])
+            full = mask + "".join(f" & ({c})" for c in conds)
+            return f"tl.load({ptr} + {row}{back} + offs, mask={full}, other=0)"
+
+        if self._reverse:
+            first = load("(T - 1)", "(T - 1) * N", "T > 0")
+            ahead = load("(t - 1)", "(row - N)", "t > 0")
+        else:
+            first = load("0", "0", "T > 0")
+            ahead = load("(t + 1)", "(row + N)", "t + 1 < T")
+        prologue = ["    if PREFETCH:", f"        {nxt} = {first}"]
+        self.body[self._loop_at : self._loop_at] = prologue
+        self._loop_at += len(prologue)
+        e.line("if PREFETCH:")
+        e.line(f"    {cur} = {nxt}")
+        e.line(f"    {nxt} = {ahead}")
+        e.line("else:")
+        e.line(f"    {cur} = {load('t', 'row', None)}")
+        return e.tmp(convert_expr(cur, dtype))
+
     def render(self) -> tuple[str, KernelDef]:
         self.params.append(("T", "i32"))
         self.params.append(("N", "i64"))
         self.params.append(("BLOCK", "constexpr"))
         # True only in Triton's interpreter: selects exact bf16 emulation (see lower.py).
         self.params.append(("INTERPRET", "constexpr"))
+        # Load each streamed buffer one time step ahead (KernelConfig.prefetch).
+        self.params.append(("PREFETCH", "constexpr"))
         args = ",\n    ".join(
             f"{n}: tl.constexpr" if t == "constexpr" else n for n, t in self.params
         )
         head = [
             f"def {self.name}(\n    {args},\n):",
-            "    pid = tl.program_id(0)",
-            "    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)",
-            "    mask = offs < N",
+            # (N + BLOCK - 1) // BLOCK, not tl.cdiv: a jit function, which TRITON_INTERPRET=1 at import
+            # turns into an interpreted one that the real compiler cannot call
+            "    for blk in range(tl.program_id(0), (N + BLOCK - 1) // BLOCK, tl.num_programs(0)):",
+            # int64 offsets (the interpreter's loop variable is a Python int)
+            "        offs = (blk if INTERPRET else blk.to(tl.int64)) * BLOCK + tl.arange(0, BLOCK)",
+            "        mask = offs < N",
         ]
-        text = "\n".join(head + self.body) + "\n"
+        body = [("    " + line) if line else line for line in self.body]
+        text = "\n".join(head + body) + "\n"
         return text, KernelDef(self.kind, self.name, tuple(self.params))
 
 

@@ -9,11 +9,18 @@ Kinds (names are contracts used in manifests and by the runtime):
 ``backward``         reverse-time loop: gradients of inputs, initial states and
                      static inputs (summed over time)
 
-Each program owns ``BLOCK`` neurons and loops over time; ``T`` and ``N`` are
-runtime arguments, so one binary serves every sequence length and batch size.
-Offsets are int64. Optional tensors (initial states, incoming gradients) come
-with an ``*_flag`` argument: a zero flag masks the load off, so "no tensor"
-costs no memory traffic and needs no second binary.
+Each program walks blocks of ``BLOCK`` neurons (grid-stride: one block per
+program, or fewer programs than blocks for a persistent launch) and loops over
+time; ``T`` and ``N`` are runtime arguments, so one binary serves every
+sequence length and batch size. Offsets are int64. Optional tensors (initial
+states, incoming gradients) come with an ``*_flag`` argument: a zero flag
+masks the load off, so "no tensor" costs no memory traffic and needs no
+second binary. The ``PREFETCH`` constexpr loads each streamed buffer one time
+step ahead (a config choice, like ``BLOCK``).
+
+Modules: :mod:`.blocks` (loads, stores, parameters, the time loop),
+:mod:`.forward` (the three forward-running kinds), :mod:`.backward`,
+:mod:`.partition` (the save plan), :mod:`.lower` (the aten op table).
 
 The generated text depends only on the spec and the traced graphs, never on
 time, paths or ids, so the same spec gives the same bytes on every machine.
@@ -24,6 +31,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+import torch
 
 from ..trace import GraphLike, TracedCore
 from .backward import backward_kernel
@@ -92,8 +101,13 @@ def _info(
     )
 
 
-def generate_kernels(traced: TracedCore) -> GeneratedKernels:
-    """Generate the kernel module for a traced core."""
+def generate_kernels(traced: TracedCore, *, round_extras: bool = True) -> GeneratedKernels:
+    """Generate the kernel module for a traced core.
+
+    ``round_extras=False`` keeps a bf16 core's extra saved values in fp32 (see
+    :func:`~flexsn_core.codegen.partition.plan_saved`): for measurements only,
+    since the spec key does not record it.
+    """
     spec = traced.spec
     no, ns = spec.num_outputs, spec.num_states
     out_names = [f"out{i}" for i in range(no)]
@@ -116,9 +130,9 @@ def generate_kernels(traced: TracedCore) -> GeneratedKernels:
 
     plan = None
     if traced.forward is not None and traced.backward is not None:
-        plan = plan_saved(traced.forward, traced.num_saved, spec)
+        plan = plan_saved(traced.forward, traced.num_saved, spec, traced.backward, round_extras=round_extras)
         fw_nodes = {n.name: n for n in traced.forward.graph.nodes}
-        extras = [fw_nodes[v.node] for v in plan.extras]
+        extras = [(fw_nodes[v.node], getattr(torch, v.dtype)) for v in plan.extras]
         text, kd = forward_kernel("forward", traced.forward, traced, extras, state_seqs="flag", finals=True)
         texts.append(text)
         kernels[kd.kind] = kd
