@@ -29,6 +29,8 @@ def _spec(body: BuildRequest, ctx: Ctx) -> KernelSpec:
         spec = KernelSpec.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise HTTPException(422, f"invalid spec: {exc}") from None
+    if not ctx.settings.source_check:  # a test-only setting: tests of the jail itself
+        return spec
     try:
         check_source(spec, max_bytes=ctx.settings.max_source_bytes)
     except SourceRejected as exc:
