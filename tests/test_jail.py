@@ -241,3 +241,14 @@ def test_cgroup_v2_without_controllers_or_with_other_processes_is_reported(tmp_p
     (group / "cgroup.controllers").write_text("cpu io memory pids\n")
     with pytest.raises(cgroup_module.CgroupUnavailable, match="holds other processes"):
         cgroup_module.detect(proc)
+
+
+def test_bind_sources_below_tmp_are_reachable(cgroups, tmp_path: Path) -> None:  # noqa: ANN001
+    # A venv under /tmp (as docker/check-install.sh makes) once vanished under the launcher's staging tmpfs.
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "data.txt").write_text("visible")
+    limits = JailLimits(memory_bytes=160 << 20, pids=16, scratch_bytes=8 << 20, cpu_seconds=30, baseline_bytes=64 << 20)
+    jail = Jail(bwrap="bwrap", limits=limits, cgroups=cgroups)
+    jail.binds.append([str(tmp_path / "pkg"), "/opt/extra"])
+    code, out, err = _python(jail, "print(open('/opt/extra/data.txt').read())")
+    assert (code, out.strip()) == (0, "visible"), err

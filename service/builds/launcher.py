@@ -62,17 +62,20 @@ def _stage(binds: list[list[str]]) -> list[list[str]]:
     _libc_call(libc, "unshare", _CLONE_NEWNS)
     # Nothing we mount here may propagate back to the host's namespace.
     _libc_call(libc, "mount", b"none", b"/", None, _MS_REC | _MS_PRIVATE, None)
+    # Hold every source before the staging tmpfs covers /tmp: a source may live below /tmp.
+    held = [(os.open(source, os.O_PATH), os.path.isdir(source), dest) for source, dest in binds]
     _libc_call(libc, "mount", b"tmpfs", _STAGE_ROOT.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
                b"mode=0755,size=65536")
     staged = []
-    for index, (source, dest) in enumerate(binds):
+    for index, (fd, is_dir, dest) in enumerate(held):
         target = f"{_STAGE_ROOT}/{index}"
-        if os.path.isdir(source):
+        if is_dir:
             os.mkdir(target)
         else:
             with open(target, "x"):
                 pass
-        _libc_call(libc, "mount", source.encode(), target.encode(), None, _MS_BIND | _MS_REC, None)
+        _libc_call(libc, "mount", f"/proc/self/fd/{fd}".encode(), target.encode(), None, _MS_BIND | _MS_REC, None)
+        os.close(fd)
         staged.append([target, dest])
     return staged
 

@@ -197,7 +197,7 @@ class BuildManager:
             record, self._tracers, json.dumps(job).encode(),
             timeout_message=f"the build did not finish within {self.timeout_s:g} s and was stopped "
                             "(an endless loop in the core?)",
-            what="the jailed build worker",
+            what="the jailed build worker", jailed=True,
         )
         if result.ir is None:
             raise BuildFailure("the jailed build worker ended without an IR", "NoResult", True)
@@ -222,11 +222,11 @@ class BuildManager:
         await self._run_worker(
             record, self._compilers, json.dumps(header).encode() + b"\n" + ir,
             timeout_message=f"compiling the kernels did not finish within {self.timeout_s:g} s",
-            what="the compile step",
+            what="the compile step", jailed=False,
         )
 
     async def _run_worker(
-        self, record: BuildRecord, pool: SparePool, job: bytes, *, timeout_message: str, what: str
+        self, record: BuildRecord, pool: SparePool, job: bytes, *, timeout_message: str, what: str, jailed: bool
     ) -> WorkerResult:
         worker = await asyncio.wait_for(pool.take(), timeout=self.timeout_s)
         self._active.add(worker)
@@ -239,7 +239,8 @@ class BuildManager:
         finally:
             self._active.discard(worker)
             await worker.dispose()
-        return _outcome(result, worker, what, self.max_ir_bytes, self.memory_bytes)
+        return _outcome(result, worker, what, jailed=jailed, max_ir_bytes=self.max_ir_bytes,
+                        memory_bytes=self.memory_bytes)
 
     # ----------------------------------------------------------- step 3: verify, tune, store
     def _env(self, *, gpu: bool) -> dict[str, str]:
@@ -312,8 +313,14 @@ class BuildManager:
             raise BuildFailure(f"could not store the artifact: {exc}", "StoreError", False, remember=False) from exc
 
 
-def _outcome(result: WorkerResult, worker: Worker, what: str, max_ir_bytes: int, memory_bytes: int) -> WorkerResult:
-    """The result if the worker succeeded; else the BuildFailure that says why."""
+def _outcome(
+    result: WorkerResult, worker: Worker, what: str, *, jailed: bool, max_ir_bytes: int, memory_bytes: int
+) -> WorkerResult:
+    """The result if the worker succeeded; else the BuildFailure that says why.
+
+    Whatever happens in the jail counts as the core's doing (a 422, remembered): the jail's
+    word that a failure was "internal" is not taken.
+    """
     if worker.too_large:
         raise BuildFailure(
             f"{what} wrote more than {max_ir_bytes >> 20} MiB of output (IR too large) and was stopped",
@@ -321,7 +328,7 @@ def _outcome(result: WorkerResult, worker: Worker, what: str, max_ir_bytes: int,
         )
     event = result.event or {}
     if event.get("event") == "error":
-        user = bool(event.get("user_error", True)) if what == "the compile step" else True
+        user = True if jailed else bool(event.get("user_error", True))
         raise BuildFailure(str(event.get("message", "build failed")), str(event.get("type", "Error")), user)
     if result.returncode == 0 and (event.get("event") == "done" or result.ir is not None):
         return result

@@ -1,4 +1,4 @@
-"""The service's bounded pipe reading and build records, without processes."""
+"""Parts of the build service without a jail: bounded pipe reading, event checks, records, work folders."""
 
 from __future__ import annotations
 
@@ -96,3 +96,28 @@ def test_finished_records_are_pruned(keep: float) -> None:
         assert book.get(old.id) is None
 
     asyncio.run(main())
+
+
+def test_work_dirs_are_per_process_and_only_dead_ones_are_removed(tmp_path) -> None:  # noqa: ANN001
+    import os
+    import socket
+    import subprocess
+
+    from flexsn_service.builds.workdir import create_work_dir, remove_work_dir
+
+    host = socket.gethostname()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    folders = {
+        "dead": tmp_path / f"{host}-{dead.pid}-0123abcd",
+        "alive": tmp_path / f"{host}-{os.getppid()}-0123abcd",  # another replica, still running
+        "other host": tmp_path / f"elsewhere-{dead.pid}-0123abcd",
+    }
+    for folder in folders.values():
+        (folder / "builds" / "x").mkdir(parents=True)
+    mine = create_work_dir(tmp_path)
+    assert mine.name.startswith(f"{host}-{os.getpid()}-") and (mine / "builds").is_dir()
+    assert not folders["dead"].exists()
+    assert folders["alive"].exists() and folders["other host"].exists()
+    remove_work_dir(mine)
+    assert not mine.exists()
