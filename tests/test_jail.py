@@ -249,6 +249,6 @@ def test_bind_sources_below_tmp_are_reachable(cgroups, tmp_path: Path) -> None: 
     (tmp_path / "pkg" / "data.txt").write_text("visible")
     limits = JailLimits(memory_bytes=160 << 20, pids=16, scratch_bytes=8 << 20, cpu_seconds=30, baseline_bytes=64 << 20)
     jail = Jail(bwrap="bwrap", limits=limits, cgroups=cgroups)
-    jail.binds.append([str(tmp_path / "pkg"), "/opt/extra"])
-    code, out, err = _python(jail, "print(open('/opt/extra/data.txt').read())")
+    jail.binds.append([str(tmp_path / "pkg"), str(tmp_path / "pkg")])  # also inside, below the scratch /tmp
+    code, out, err = _python(jail, f"print(open({str(tmp_path / 'pkg' / 'data.txt')!r}).read())")
     assert (code, out.strip()) == (0, "visible"), err

@@ -117,6 +117,8 @@ class Jail:
         head = [
             "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534",
             "--die-with-parent", "--new-session", "--hostname", "flexsn-jail",
+            # Scratch first: binds below /tmp (a venv made with mktemp) then land on top of it.
+            "--size", str(limits.scratch_bytes), "--tmpfs", "/tmp",
         ]
         if self.supports_disable_userns:
             head.append("--disable-userns")
@@ -128,8 +130,7 @@ class Jail:
             "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONDONTWRITEBYTECODE": "1",
             "FLEXSN_CACHE_DIR": "/tmp/flexsn-cache", "TRITON_CACHE_DIR": "/tmp/triton", "LANG": "C.UTF-8",
         }
-        tail = ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.scratch_bytes), "--tmpfs", "/tmp",
-                "--remount-ro", "/", "--remount-ro", "/dev", "--clearenv"]
+        tail = ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--remount-ro", "/dev", "--clearenv"]
         for name, value in env.items():
             tail += ["--setenv", name, value]
         tail += ["--chdir", "/tmp", "--", *command]

@@ -47,6 +47,9 @@ __all__ = ["BuildRecord", "BuildFailure", "BuildManager"]
 
 logger = logging.getLogger("flexsn_service.builds")
 
+#: Output cap of our own (unjailed) compile and tuner processes: progress events only.
+_TRUSTED_OUTPUT_BYTES = 1 << 20
+
 
 class BuildManager:
     def __init__(
@@ -86,14 +89,6 @@ class BuildManager:
         self._compilers = SparePool("compile", self._start_compiler, workers)
 
     # ----------------------------------------------------------- requests
-    @property
-    def records(self) -> dict[str, BuildRecord]:
-        return self.book.records
-
-    @property
-    def inflight(self) -> dict[str, BuildRecord]:
-        return self.book.inflight
-
     def request(self, spec: KernelSpec, targets: list[str]) -> tuple[BuildRecord, bool]:
         """The build of ``spec`` (joining one in flight, or a recent failure); True if this call started it."""
         record = self.book.current(spec.key, targets)
@@ -210,7 +205,7 @@ class BuildManager:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env=self._env(gpu=False), cwd=str(self.work_dir / "tmp"), start_new_session=True,
         )
-        return Worker(proc, name=f"compile-{proc.pid}")
+        return Worker(proc, name=f"compile-{proc.pid}", max_result_bytes=_TRUSTED_OUTPUT_BYTES)
 
     async def _compile(self, record: BuildRecord, ir: bytes, out_dir: Path) -> None:
         header = {
@@ -265,7 +260,7 @@ class BuildManager:
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env=self._env(gpu=True), cwd=str(self.work_dir / "tmp"), start_new_session=True,
         )
-        worker = Worker(proc, name=f"tuner-{proc.pid}")
+        worker = Worker(proc, name=f"tuner-{proc.pid}", max_result_bytes=_TRUSTED_OUTPUT_BYTES)
         worker.on_log = record.log.append
         self._active.add(worker)
         try:
