@@ -252,3 +252,41 @@ def test_bind_sources_below_tmp_are_reachable(cgroups, tmp_path: Path) -> None: 
     jail.binds.append([str(tmp_path / "pkg"), str(tmp_path / "pkg")])  # also inside, below the scratch /tmp
     code, out, err = _python(jail, f"print(open({str(tmp_path / 'pkg' / 'data.txt')!r}).read())")
     assert (code, out.strip()) == (0, "visible"), err
+
+
+def test_jail_processes_are_unprivileged_on_the_host(jail: Jail) -> None:
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("the uid drop happens only when the service runs as root")
+    group = jail.new_cgroup(f"uid-{os.getpid()}")
+    proc = subprocess.Popen(jail.argv(["/bin/sleep", "3"], group), env={}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while len(group.pids()) < 3 and time.monotonic() < deadline:  # bwrap, its init, sleep
+            time.sleep(0.05)
+        uids = {tuple(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[:4]) for pid in group.pids()}
+        assert uids == {("65534",) * 4}, uids  # real, effective, saved, fs uid: nobody, never root
+    finally:
+        proc.kill()
+        proc.wait()
+        group.remove()
+
+
+def test_without_cgroups_the_service_warns_or_refuses(monkeypatch, caplog) -> None:  # noqa: ANN001
+    import logging
+
+    from flexsn_service import main
+    from flexsn_service.config import Settings
+
+    def unavailable():  # noqa: ANN202
+        raise cgroup_module.CgroupUnavailable("the service's cgroup is not writable (Read-only file system)")
+
+    monkeypatch.setattr(main, "detect_cgroups", unavailable)
+    with pytest.raises(JailUnavailable, match="JAIL_CGROUPS=require, but the service's cgroup is not writable"):
+        main.start_jail(Settings(jail_cgroups="require"))
+    with caplog.at_level(logging.WARNING, logger="flexsn_service"):
+        jail = main.start_jail(Settings(jail_cgroups="auto", build_memory_mb=512, build_pids=20))
+    assert jail.cgroups is None
+    assert "BUILD LIMITS ARE WEAKER" in caplog.text and "512 MB of address space per process x 20 processes" in caplog.text
