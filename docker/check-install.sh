@@ -5,6 +5,11 @@
 # (the same version family; the CUDA wheel is several GB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The image installs bubblewrap with apt-get (the build jail); so does this check.
+if ! command -v bwrap >/dev/null; then
+  sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends bubblewrap
+fi
 venv=$(mktemp -d)/venv
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
@@ -17,7 +22,7 @@ pid=$!
 trap 'kill $pid' EXIT
 for _ in $(seq 60); do
   if "$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:18765/healthz', timeout=2)" 2>/dev/null; then
-    echo "image install check: ok (service answered /healthz)"
+    echo "image install check: ok (the jail's self test passed and the service answered /healthz)"
     exit 0
   fi
   sleep 1

@@ -45,9 +45,9 @@ async def _spec(body: BuildRequest, ctx: Ctx) -> KernelSpec:
         spec = KernelSpec.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise HTTPException(422, f"invalid spec: {exc}") from None
-    # FLEXSN_SERVICE_SOURCE_CHECK=0 (a test-only setting, defined with the build jail) skips the
-    # check so that the jail alone is tested; the check is a courtesy, the jail is the boundary.
-    if getattr(ctx.settings, "source_check", True):
+    # FLEXSN_SERVICE_SOURCE_CHECK=0 is a test-only setting that skips the check so that the jail
+    # alone is tested: the check is a courtesy, the jail is the boundary.
+    if ctx.settings.source_check:
         try:
             await ctx.checks.check(spec, max_bytes=ctx.settings.max_source_bytes)
         except SourceRejected as exc:
