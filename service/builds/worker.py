@@ -41,7 +41,7 @@ _WARMUP_SOURCE = "import torch\n\ndef warmup(x, v):\n    h = 0.5 * v + x\n    re
 
 def _warm_up() -> None:
     """Pay the one-time costs of tracing before a job arrives (our own core, not user code)."""
-    from flexsn_core.ir import dumps_ir, trace_to_ir
+    from flexsn_core.ir import trace_to_ir
     from flexsn_core.spec import KernelSpec
 
     trace_to_ir(KernelSpec(source=_WARMUP_SOURCE, entry="warmup", num_inputs=1, num_states=1, num_outputs=1))
