@@ -17,6 +17,7 @@ import store_damage
 
 from flexsn_core import IntegrityError, KernelSpec
 from flexsn_core.artifacts import Artifact, build_artifacts, generate
+from flexsn_core.compile import KernelConfig
 from flexsn_core.errors import ArtifactError
 from flexsn_service.store import DiskStore, open_store
 
@@ -40,11 +41,20 @@ def _artifact(name: str, binary_sizes: tuple[int, ...] = (1000,), shared: bytes 
         sha = hashlib.sha256(data).hexdigest()
         blobs[sha] = data
         manifest["binaries"].append({
-            "kind": "inference", "target": "cuda:90", "config_id": f"c{i}", "sha256": sha, "size": len(data),
-            "config": {"block": 1024, "num_warps": 4, "num_stages": 1, "aligned": bool(i % 2)},
-            "launch": {}, "triton_metadata": {},
+            "kind": "inference", "target": "cuda:90", "config_id": config_id(i), "sha256": sha, "size": len(data),
+            "config": _config(i).to_dict(), "launch": {}, "triton_metadata": {},
         })
     return Artifact(manifest, blobs)
+
+
+def _config(i: int) -> KernelConfig:
+    """The config of the i-th fake binary: distinct per i; odd ones aligned."""
+    return KernelConfig(block=16 * (i + 1), num_warps=4, num_stages=1, aligned=bool(i % 2))
+
+
+def config_id(i: int) -> str:
+    """The (derived) config id of the i-th fake binary of :func:`_artifact`."""
+    return _config(i).id
 
 
 def _put(store: DiskStore, artifact: Artifact, now: float) -> None:
