@@ -28,7 +28,7 @@ from flexsn_core.artifacts import generate, sha256_hex
 from flexsn_core.counters import bump
 from flexsn_core.errors import BuildFailedError, CacheUnavailableError, IntegrityError
 from flexsn_core.local import LocalStore, local_target
-from flexsn_core.manifest import TuningChoice, targets_of
+from flexsn_core.manifest import TuningChoice, restrict_targets, targets_of
 from flexsn_core.runtime import KernelSet
 from flexsn_core.spec import KernelSpec
 
@@ -60,12 +60,8 @@ def _targets_for(device: torch.device | None) -> list[str]:
 
 
 def _only_targets(manifest: dict[str, Any], targets: list[str]) -> dict[str, Any]:
-    """The manifest with the binaries of ``targets`` only (all of them if empty)."""
-    if not targets:
-        return manifest
-    kept = dict(manifest)
-    kept["binaries"] = [b for b in manifest["binaries"] if b["target"] in targets]
-    return kept
+    """The manifest with the binaries (and tuned choices) of ``targets`` only (all of them if empty)."""
+    return restrict_targets(manifest, targets) if targets else manifest
 
 
 def _has_targets(manifest: dict[str, Any], targets: list[str]) -> bool:

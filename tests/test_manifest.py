@@ -20,6 +20,7 @@ from flexsn_core.manifest import (
     TuningError,
     merge_manifests,
     record_tuning,
+    restrict_targets,
     tuned_config_id,
     validate_manifest,
 )
@@ -136,3 +137,13 @@ def test_merge_never_mixes_keys_or_sources() -> None:
     base, newer = _manifest(1, 2, "cuda:80"), _manifest(1, 1, "cuda:90")
     newer["source"] = {**newer["source"], "sha256": "e" * 64}  # generated from other code
     assert merge_manifests(base, newer) == newer
+
+
+def test_restricting_to_targets_keeps_their_binaries_and_tuning_only() -> None:
+    both = merge_manifests(_manifest(1, 2, "cuda:80"), _manifest(1, 2, "cuda:90"))
+    record_tuning(both, _choice())  # cuda:90
+    record_tuning(both, _choice(target="cuda:80"))
+    mine = restrict_targets(both, ["cuda:80"])
+    assert {b["target"] for b in mine["binaries"]} == {"cuda:80"} and set(mine["tuning"]) == {"cuda:80"}
+    validate_manifest(mine)  # a tuned choice of a target without binaries would not validate
+    assert len(both["binaries"]) == 4 and set(both["tuning"]) == {"cuda:80", "cuda:90"}  # input unchanged

@@ -25,7 +25,7 @@ what a valid one is and the only place that changes one:
 
 The package: ``_types.py`` (format, kinds, buckets, checked field types),
 ``models.py`` (the schema and :func:`validate_manifest`), ``tuning.py`` (choices:
-check, record, read), ``merge.py``.
+check, record, read), ``merge.py`` (:func:`merge_manifests`, :func:`restrict_targets`).
 
 The functions take and return the JSON form (``dict``), which is what every
 caller holds; :class:`Manifest` is its typed view (``validate_manifest``
@@ -50,7 +50,7 @@ from ._types import (
     Variant,
     variant_name,
 )
-from .merge import merge_manifests
+from .merge import merge_manifests, restrict_targets
 from .models import Binary, Config, Manifest, referenced_blobs, targets_of, validate_manifest
 from .tuning import ReportedChoice, TuningChoice, check_choice, iter_choices, record_tuning, tuned_config_id
 
@@ -76,5 +76,6 @@ __all__ = [
     "iter_choices",
     "tuned_config_id",
     "merge_manifests",
+    "restrict_targets",
     "variant_name",
 ]

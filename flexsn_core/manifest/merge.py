@@ -1,10 +1,10 @@
-"""Merging two manifests of one key: binaries and tuned choices of both."""
+"""Merging two manifests of one key, and keeping only some targets of one."""
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..compile import KernelConfig
@@ -12,7 +12,7 @@ from ..errors import ArtifactError
 from ._types import TuningError
 from .tuning import _configs, iter_choices, record_tuning
 
-__all__ = ["merge_manifests"]
+__all__ = ["merge_manifests", "restrict_targets"]
 
 logger = logging.getLogger("flexsn_core")
 
@@ -44,3 +44,12 @@ def merge_manifests(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[s
         except TuningError as exc:  # only an unvalidated manifest can hold one; never carried over
             logger.warning("manifest %s…: not merging a tuned choice: %s", base["key"][:16], exc)
     return merged
+
+
+def restrict_targets(manifest: Mapping[str, Any], targets: Iterable[str]) -> dict[str, Any]:
+    """The manifest with the binaries and tuned choices of ``targets`` only (a node keeps its GPU's)."""
+    keep = set(targets)
+    kept = copy.deepcopy(dict(manifest))
+    kept["binaries"] = [b for b in kept.get("binaries", []) if b["target"] in keep]
+    kept["tuning"] = {t: table for t, table in kept.get("tuning", {}).items() if t in keep}
+    return kept
