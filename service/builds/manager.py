@@ -140,7 +140,7 @@ class BuildManager:
                 manifest, blobs = self._collect(record, out_dir)
                 if self.tune_on_gpu:
                     record.progress = {"stage": "autotuning", "done": 0, "total": 0}
-                    for choice in iter_choices(await self._tune(record, out_dir)):
+                    for choice in iter_choices(await self._tune(record, out_dir, manifest)):
                         record_tuning(manifest, choice)
                 record.progress = {"stage": "storing", "done": 0, "total": 0}
                 await asyncio.to_thread(self._store, manifest, blobs)
@@ -256,8 +256,8 @@ class BuildManager:
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env
 
-    async def _tune(self, record: BuildRecord, out_dir: Path) -> dict[str, Any]:
-        """The tuner's table (``tuning[target][kind][bucket][variant]``), each choice checked when recorded."""
+    async def _tune(self, record: BuildRecord, out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The tuner's table (``tuning[target][kind][bucket][variant]``), checked against ``manifest``."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "flexsn_service.builds.tuner", str(out_dir),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -276,7 +276,7 @@ class BuildManager:
             raise BuildFailure(f"autotuning failed (exit status {result.returncode})", "TunerFailed", False)
         try:
             table = json.loads((out_dir / "tuning.json").read_text())
-            validate_manifest({**json.loads((out_dir / "manifest.json").read_text()), "tuning": table})
+            validate_manifest({**manifest, "tuning": table})  # its shape, and every choice fits its binaries
         except (OSError, ValueError, ArtifactError) as exc:
             raise BuildFailure(f"autotuning wrote no usable table: {exc}", "TunerFailed", False) from exc
         return table
