@@ -16,12 +16,14 @@ import random
 import tarfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from flexsn_core.errors import AuthError, BuildFailedError, CacheUnavailableError, FlexSNError
-from flexsn_core.spec import KernelSpec
+
+if TYPE_CHECKING:  # a spec is only read here (spec.to_dict()); ls and stats must not import torch
+    from flexsn_core.spec import KernelSpec
 
 __all__ = ["ServiceAPI", "SpecRejectedError", "DEFAULT_TIMEOUT"]
 

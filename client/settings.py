@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flexsn_core.compile import cache_dir
+from flexsn_core.settings import cache_dir
 
 __all__ = ["ClientSettings"]
 

@@ -6,6 +6,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flexsn_core.manifest import Manifest, ReportedChoice
+
+__all__ = ["SpecIn", "BuildRequest", "BuildAccepted", "BuildStatus", "KernelSummary", "KernelPage", "Manifest",
+           "TuningChoice", "TuningReport", "TuningResult", "Stats", "Health", "ErrorMessage", "BuildFailure",
+           "BuildFailed"]
+
 
 class SpecIn(BaseModel):
     """A KernelSpec as JSON (see flexsn_core.KernelSpec)."""
@@ -62,11 +68,8 @@ class KernelPage(BaseModel):
     next_cursor: str | None
 
 
-class TuningChoice(BaseModel):
-    kind: Literal["inference", "inference_final", "forward", "backward"]
-    bucket: int = Field(ge=0, le=16)
-    variant: Literal["aligned", "unaligned"]
-    config_id: str = Field(max_length=64)
+class TuningChoice(ReportedChoice):
+    """One reported choice (the schema is flexsn_core.manifest's: kinds, buckets, variants)."""
 
 
 class TuningReport(BaseModel):

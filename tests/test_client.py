@@ -253,15 +253,41 @@ def test_a_corrupt_blob_is_fetched_again_once(tmp_path: Path) -> None:
     assert client.fetch_blob(sha) == good and client.mirror.get_blob(sha) == good
 
 
+def test_a_node_mirrors_its_targets_binaries_and_tuning_only(tmp_path: Path) -> None:
+    """The service's manifest holds cuda:80 and cuda:90 binaries, tuned on a cuda:90 host; a cuda:80
+    node keeps a valid manifest of its own target (a choice of a target with no binaries would not be)."""
+    from store_contract import config, make_artifact
+
+    from flexsn_core.manifest import TuningChoice, merge_manifests, record_tuning
+
+    a80, a90 = make_artifact(90, 2, target="cuda:80"), make_artifact(90, 2, target="cuda:90")
+    served = merge_manifests(a80.manifest, a90.manifest)
+    record_tuning(served, TuningChoice(target="cuda:90", kind="inference", bucket=1, variant="aligned",
+                                       config_id=config(0).id))
+    blobs = {**a80.blobs, **a90.blobs}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.startswith("/v1/blobs/"):
+            return httpx.Response(200, content=blobs[path.rsplit("/", 1)[1]])
+        return httpx.Response(404, json={"detail": "no bundles here"})
+
+    client = KernelCacheClient("http://cache.test", local_dir=tmp_path, api=_api(handler))
+    kept = client._mirror(served, ["cuda:80"])
+    assert {b["target"] for b in kept["binaries"]} == {"cuda:80"} and kept["tuning"] == {}
+    assert client.mirror.get_intact_manifest(served["key"]) == kept
+
+
 def test_tuning_decisions_are_mirrored_and_reported(tmp_path: Path, server: Server) -> None:
     spec = KernelSpec.from_core(neurons.lif_hard, 1, 1, 1)
     posted = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.method == "POST":
+        if request.method == "POST" and request.url.path.endswith("/tuning"):
             posted.append(json.loads(request.content))
             return httpx.Response(200, json={"accepted": 1, "tuning": {}})
-        return httpx.get(f"{server.url}{request.url.raw_path.decode()}")
+        return httpx.request(request.method, f"{server.url}{request.url.raw_path.decode()}", content=request.content,
+                             headers={"Content-Type": "application/json"}, timeout=300)
 
     client = KernelCacheClient("http://cache.test", local_dir=tmp_path, api=_api(handler))
     manifest = client.get_or_build(spec)

@@ -19,6 +19,19 @@ def test_console_entry_points_load() -> None:
     assert callable(main)
 
 
+def test_every_package_folder_is_installed() -> None:
+    """pyproject lists packages one by one: a new subpackage left out works editable, breaks a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    names = {"flexsn_core": "flexsn_core", "service": "flexsn_service", "client": "flexsn_client"}
+    found = set()
+    for folder, name in names.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            found.add(".".join([name, *init.parent.relative_to(ROOT / folder).parts]))
+    assert found == listed
+
+
 def test_packages_import_under_their_install_names() -> None:
     import flexsn_client
     import flexsn_service

@@ -16,7 +16,7 @@ import neurons
 import pytest
 import store_damage
 from fastapi.testclient import TestClient
-from test_store import _artifact, _put
+from test_store import _artifact, _put, config_id
 
 import flexsn_service.api.routes.kernels as kernel_routes
 from flexsn_core import KernelSpec
@@ -135,7 +135,7 @@ def test_the_openapi_document_matches_every_answer(client: TestClient) -> None:
     missing = "c" * 64
     big = {**_spec(), "source": "#" * (LIMIT + 10)}
     tuning = {"target": "cuda:90", "choices": [{"kind": "inference", "bucket": 1, "variant": "aligned",
-                                                "config_id": "c0"}]}
+                                                "config_id": config_id(0)}]}
     builds: FakeBuilds = _ctx(client).builds
     failed = FakeRecord(key, ["cuda:90"], state="failed", error="boom", user_error=True)
     builds.records[failed.id] = failed

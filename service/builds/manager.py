@@ -30,9 +30,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from flexsn_core.artifacts import merge_binaries, referenced_blobs, sha256_hex, validate_manifest
+from flexsn_core.artifacts import sha256_hex
 from flexsn_core.compile import KernelConfig
 from flexsn_core.errors import ArtifactError
+from flexsn_core.manifest import iter_choices, record_tuning, referenced_blobs, validate_manifest
 from flexsn_core.spec import KernelSpec
 
 from ..metrics import ServiceMetrics
@@ -139,7 +140,8 @@ class BuildManager:
                 manifest, blobs = self._collect(record, out_dir)
                 if self.tune_on_gpu:
                     record.progress = {"stage": "autotuning", "done": 0, "total": 0}
-                    manifest["tuning"] = await self._tune(record, out_dir)
+                    for choice in iter_choices(await self._tune(record, out_dir, manifest)):
+                        record_tuning(manifest, choice)
                 record.progress = {"stage": "storing", "done": 0, "total": 0}
                 await asyncio.to_thread(self._store, manifest, blobs)
             record.state = "succeeded"
@@ -254,7 +256,8 @@ class BuildManager:
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env
 
-    async def _tune(self, record: BuildRecord, out_dir: Path) -> dict[str, Any]:
+    async def _tune(self, record: BuildRecord, out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The tuner's table (``tuning[target][kind][bucket][variant]``), checked against ``manifest``."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "flexsn_service.builds.tuner", str(out_dir),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -272,9 +275,11 @@ class BuildManager:
         if result.returncode != 0:
             raise BuildFailure(f"autotuning failed (exit status {result.returncode})", "TunerFailed", False)
         try:
-            return json.loads((out_dir / "tuning.json").read_text())
-        except (OSError, ValueError) as exc:
+            table = json.loads((out_dir / "tuning.json").read_text())
+            validate_manifest({**manifest, "tuning": table})  # its shape, and every choice fits its binaries
+        except (OSError, ValueError, ArtifactError) as exc:
             raise BuildFailure(f"autotuning wrote no usable table: {exc}", "TunerFailed", False) from exc
+        return table
 
     def _collect(self, record: BuildRecord, out_dir: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         """Read and verify what the compile step wrote (trusted code, but verify before storing)."""
@@ -298,12 +303,10 @@ class BuildManager:
 
     def _store(self, manifest: dict[str, Any], blobs: dict[str, bytes]) -> None:
         try:
-            existing = self.store.get_manifest(manifest["key"])
-            if existing is not None:
-                manifest = merge_binaries(existing, manifest)
             for sha, data in blobs.items():  # blobs first ...
                 self.store.put_blob(sha, data)
-            self.store.put_manifest(manifest, now=time.time())  # ... the manifest last
+            # ... the manifest last, merged with the stored one (other targets, tuned choices) under its lock
+            self.store.merge_manifest(manifest, now=time.time())
         except (ArtifactError, OSError) as exc:
             raise BuildFailure(f"could not store the artifact: {exc}", "StoreError", False, remember=False) from exc
 
