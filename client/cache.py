@@ -26,7 +26,7 @@ import torch
 
 from flexsn_core.artifacts import generate, sha256_hex
 from flexsn_core.counters import bump
-from flexsn_core.errors import BuildFailedError, CacheUnavailableError, IntegrityError
+from flexsn_core.errors import ArtifactError, BuildFailedError, CacheUnavailableError, IntegrityError
 from flexsn_core.local import LocalStore, local_target
 from flexsn_core.manifest import TuningChoice, restrict_targets, targets_of
 from flexsn_core.runtime import KernelSet
@@ -44,12 +44,15 @@ _pools_lock = threading.Lock()
 
 
 def shared_api(url: str, token: str | None) -> ServiceAPI:
-    """One connection pool per (service, token) per process."""
+    """One connection pool (and one view of the service's availability) per (service, token) per process."""
     key = (url.rstrip("/"), token)
     with _pools_lock:
         api = _pools.get(key)
         if api is None:
-            api = _pools[key] = ServiceAPI(url, token)
+            settings = ClientSettings()
+            api = _pools[key] = ServiceAPI(
+                url, token, unavailable_s=settings.retry_after_s, build_wait_s=settings.build_wait_s
+            )
         return api
 
 
@@ -66,6 +69,18 @@ def _only_targets(manifest: dict[str, Any], targets: list[str]) -> dict[str, Any
 
 def _has_targets(manifest: dict[str, Any], targets: list[str]) -> bool:
     return set(targets) <= targets_of(manifest)
+
+
+def _same_key(spec: KernelSpec, body: dict[str, Any], url: str) -> None:
+    """The service names the spec as this process does; else its versions differ from ours."""
+    key = body.get("key")
+    if key is not None and key != spec.key:
+        raise ArtifactError(
+            f"the kernel cache at {url} keys {spec.entry} as {str(key)[:16]}…, this process as {spec.key[:16]}…: "
+            "it runs another torch, Triton or codegen version (the spec key hashes them); its kernels do not "
+            f"fit this process (service manifest: codegen {body.get('codegen_version', '?')}, "
+            f"Triton {body.get('triton_version', '?')})"
+        )
 
 
 class KernelCacheClient:
@@ -167,6 +182,7 @@ class KernelCacheClient:
             return found
         api = self._require_api()
         code, body = api.request_kernels(spec, targets or None)
+        _same_key(spec, body, api.url)
         if code == 202:
             if not wait:
                 return None

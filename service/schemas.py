@@ -47,6 +47,9 @@ class BuildStatus(BaseModel):
     progress: dict[str, Any]
     error: str | None
     error_type: str | None
+    user_error: bool = Field(description="a failure caused by the core (the client raises error_type), not the service")
+    error_op: str | None = Field(description="UnsupportedOpError: the aten op")
+    error_line: int | None = Field(description="UnsupportedOpError: the line of the core source")
     log_tail: list[str]
     created: float
     started: float | None
@@ -111,6 +114,8 @@ class BuildFailure(BaseModel):
     message: str
     build_id: str
     error_type: str | None
+    error_op: str | None = None
+    error_line: int | None = None
     log_tail: list[str]
 
 

@@ -40,13 +40,16 @@ class FakeRecord:
     error: str | None = None
     error_type: str | None = None
     user_error: bool = False
+    error_op: str | None = None
+    error_line: int | None = None
     log: deque[str] = field(default_factory=deque)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def to_dict(self) -> dict[str, Any]:
         return {"build_id": self.id, "key": self.key, "state": self.state, "targets": self.targets,
                 "progress": {"stage": self.state, "done": 0, "total": 0}, "error": self.error,
-                "error_type": self.error_type, "log_tail": list(self.log), "created": 1.0, "started": None,
+                "error_type": self.error_type, "user_error": self.user_error, "error_op": self.error_op,
+                "error_line": self.error_line, "log_tail": list(self.log), "created": 1.0, "started": None,
                 "finished": None}
 
 
@@ -61,6 +64,7 @@ class FakeBuilds:
         record = FakeRecord(spec.key, targets, state=self.next_state)
         if self.next_state == "failed":
             record.error, record.error_type, record.user_error = "aten.sort.default is not supported", "X", True
+            record.error_op, record.error_line = "aten.sort.default", 3
             record.done.set()
         self.records[record.id] = record
         return record, True

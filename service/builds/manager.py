@@ -11,8 +11,9 @@
    requested spec, optionally autotunes on the local GPU (``tuner.py``), then
    stores blobs first and the manifest last.
 
-Concurrent requests for one key join the build in flight; a failed build is
-remembered for ``failure_ttl_s`` (the same spec and targets fail at once
+Concurrent requests for one key join a build in flight that compiles every
+target they ask for (else they start their own; binaries of one key are merged
+under a lock when stored); a failed build is remembered for ``failure_ttl_s`` (the same spec and targets fail at once
 instead of being rebuilt). Every wait has a timeout, the build slot is always
 released, and every process a build started is killed when it ends.
 """
@@ -84,6 +85,7 @@ class BuildManager:
         self.work_dir = create_work_dir(work_root)
         self._slots = asyncio.Semaphore(workers)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Two builds of one key (different targets) may finish together: merge their binaries one at a time.
         self._active: set[Worker] = set()
         self._closing = False
         self._tracers = SparePool("jail", self._start_tracer, workers)
@@ -149,6 +151,7 @@ class BuildManager:
             self.metrics.builds_succeeded.inc()
         except BuildFailure as exc:
             remember = exc.remember
+            record.error_op, record.error_line = exc.op, exc.line
             self._fail(record, str(exc), exc.error_type, exc.user_error)
         except asyncio.CancelledError:
             remember = False
@@ -311,6 +314,7 @@ class BuildManager:
             raise BuildFailure(f"could not store the artifact: {exc}", "StoreError", False, remember=False) from exc
 
 
+
 def _outcome(
     result: WorkerResult, worker: Worker, what: str, *, jailed: bool, max_ir_bytes: int, memory_bytes: int
 ) -> WorkerResult:
@@ -327,7 +331,12 @@ def _outcome(
     event = result.event or {}
     if event.get("event") == "error":
         user = True if jailed else bool(event.get("user_error", True))
-        raise BuildFailure(str(event.get("message", "build failed")), str(event.get("type", "Error")), user)
+        op, line = event.get("op"), event.get("line")
+        raise BuildFailure(
+            str(event.get("message", "build failed")), str(event.get("type", "Error")), user,
+            op=op if isinstance(op, str) else None,
+            line=line if isinstance(line, int) and not isinstance(line, bool) else None,
+        )
     if result.returncode == 0 and (event.get("event") == "done" or result.ir is not None):
         return result
     code = result.returncode

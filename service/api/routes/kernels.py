@@ -74,6 +74,8 @@ def _failure_detail(record: Any) -> dict[str, Any]:
         "message": f"the build failed: {record.error}",
         "build_id": record.id,
         "error_type": record.error_type,
+        "error_op": record.error_op,
+        "error_line": record.error_line,
         "log_tail": list(record.log)[-10:],
     }
 
