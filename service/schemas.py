@@ -82,20 +82,51 @@ class TuningReport(BaseModel):
     choices: list[TuningChoice] = Field(min_length=1, max_length=256)
 
 
+class Versions(BaseModel):
+    """What keys and binaries depend on (codegen, Triton), and the service's own versions."""
+
+    package: str = Field(description="the flexsn-cache distribution")
+    api: str = Field(description="the HTTP API version (the /v1 prefix)")
+    codegen: str = Field(description="flexsn_core's codegen version: part of every kernel key")
+    ir: str = Field(description="the version of the traced-graph IR the jail emits")
+    triton: str = Field(description="part of every kernel key; binaries load only with this Triton")
+    torch: str
+    python: str
+
+
+class TargetStats(BaseModel):
+    kernels: int = Field(description="stored kernels with binaries for this target")
+    last_use: float | None = Field(description="latest access of any of them (epoch seconds)")
+
+
 class Stats(BaseModel):
+    """Counters of this service instance since ``started``, and the store's size."""
+
     hits: int
     misses: int
+    hit_rate: float | None = Field(description="hits / (hits + misses); null before the first request")
     builds_started: int
     builds_succeeded: int
     builds_failed: int
+    builds_in_flight: int = Field(description="queued or running now")
+    builds_failed_last_hour: int
     kernels: int
-    bytes: int
+    bytes: int = Field(description="blob bytes in the store")
+    max_bytes: int | None = Field(description="the store's size limit; null: none")
+    store: str = Field(description="the store's kind (disk, redis); never its address")
+    by_target: dict[str, TargetStats] = Field(description="stored kernels per target")
+    by_target_complete: bool = Field(
+        description="false if the store held more kernels than one census reads (then by_target counts the first)"
+    )
+    started: float = Field(description="when this instance started counting (epoch seconds)")
+    versions: Versions
 
 
 class Health(BaseModel):
     status: Literal["ok"]
     store: str
     auth: Literal["tokens", "localhost-only"]
+    versions: Versions
 
 
 class TuningResult(BaseModel):

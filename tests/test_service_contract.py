@@ -22,6 +22,7 @@ import flexsn_service.api.routes.kernels as kernel_routes
 from flexsn_core import KernelSpec
 from flexsn_core.local import LocalStore
 from flexsn_service import Settings, create_app, schemas
+from flexsn_service.builds.manager import BuildActivity
 from flexsn_service.builds.source_check_pool import CheckUnavailable
 from flexsn_service.store import StoreError
 
@@ -71,6 +72,11 @@ class FakeBuilds:
 
     def get(self, build_id: str) -> FakeRecord | None:
         return self.records.get(build_id)
+
+    def activity(self) -> BuildActivity:
+        records = list(self.records.values())
+        return BuildActivity([r for r in records if r.state in ("queued", "running")],
+                             [r for r in records if r.state == "failed"])
 
 
 class BrokenStore:
@@ -180,7 +186,7 @@ def test_the_openapi_document_matches_every_answer(client: TestClient) -> None:
         ("get", "/v1/builds/" + "x" * 65, {"headers": R}), ("get", "/v1/builds/nope", {}),
         # status
         ("get", "/v1/stats", {"headers": R}), ("get", "/v1/stats", {}), ("get", "/metrics", {"headers": R}),
-        ("get", "/metrics", {}), ("get", "/healthz", {}),
+        ("get", "/metrics", {}), ("get", "/healthz", {}), ("get", "/v1/version", {}),
         # delete last
         ("delete", f"/v1/kernels/{missing}", {"headers": A}), ("delete", f"/v1/kernels/{key}", {"headers": B}),
         ("delete", f"/v1/kernels/{key}", {}), ("delete", f"/v1/kernels/{key}!", {"headers": A}),

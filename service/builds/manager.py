@@ -29,7 +29,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from flexsn_core.artifacts import sha256_hex
 from flexsn_core.compile import KernelConfig
@@ -45,12 +45,21 @@ from .process import Worker, WorkerResult
 from .records import BuildFailure, BuildRecord, RecordBook
 from .workdir import create_work_dir, remove_work_dir
 
-__all__ = ["BuildRecord", "BuildFailure", "BuildManager"]
+__all__ = ["BuildRecord", "BuildFailure", "BuildManager", "BuildActivity"]
 
 logger = logging.getLogger("flexsn_service.builds")
 
 #: Output cap of our own (unjailed) compile and tuner processes: progress events only.
 _TRUSTED_OUTPUT_BYTES = 1 << 20
+
+
+class BuildActivity(NamedTuple):
+    """What the builds are doing, for /v1/stats and the status page."""
+
+    #: queued or running, oldest first
+    in_flight: list[BuildRecord]
+    #: failed within the window, newest first
+    recent_failures: list[BuildRecord]
 
 
 class BuildManager:
@@ -107,6 +116,16 @@ class BuildManager:
 
     def get(self, build_id: str) -> BuildRecord | None:
         return self.book.get(build_id)
+
+    def activity(self, window_s: float = 3600.0) -> BuildActivity:
+        """Builds in flight and the ones that failed in the last ``window_s`` (read-only)."""
+        now = time.time()
+        records = list(self.book.records.values())
+        failed = [r for r in records if r.state == "failed" and r.finished is not None and now - r.finished < window_s]
+        return BuildActivity(
+            in_flight=sorted((r for r in records if r.finished is None), key=lambda r: r.created),
+            recent_failures=sorted(failed, key=lambda r: r.finished or 0.0, reverse=True),
+        )
 
     def start(self) -> None:
         """Start the warmed-up spare workers (call from the running event loop)."""
