@@ -145,3 +145,34 @@ def test_work_dirs_are_per_process_and_only_dead_ones_are_removed(tmp_path) -> N
     assert folders["alive"].exists() and folders["other host"].exists()
     remove_work_dir(mine)
     assert not mine.exists()
+
+
+def test_a_worker_whose_warm_up_fails_is_the_services_fault_not_the_cores() -> None:
+    """A worker that cannot trace its own warm-up core (a broken build environment: on the H200 image a
+    half-imported torch then failed every job with "Artifact ... already registered", blamed on the core)
+    stops before it reads a job, and the build fails as the service's, not remembered against the spec."""
+    import sys
+
+    from flexsn_service.builds.manager import _outcome
+    from flexsn_service.builds.process import Worker
+    from flexsn_service.builds.records import BuildFailure
+
+    script = ("import sys; import flexsn_service.builds.worker as w\n"
+              "def boom(): raise KeyError('getpwuid(): uid not found: 65534')\n"
+              "w._warm_up = boom; sys.argv[1:] = ['--warm']; sys.exit(w.main())\n")
+
+    async def main() -> tuple:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        worker = Worker(proc, name="the build worker")
+        result = await worker.run(b'{"spec": {}}', timeout=120, timeout_message="timeout")
+        return worker, result
+
+    worker, result = asyncio.run(main())
+    assert result.returncode == 1 and worker.setup_error is not None
+    with pytest.raises(BuildFailure) as failure:
+        _outcome(result, worker, "the build worker", jailed=True, max_ir_bytes=1 << 20, memory_bytes=1 << 30)
+    assert failure.value.error_type == "BuildEnvironmentError"
+    assert not failure.value.user_error and not failure.value.remember
+    assert "uid not found" in str(failure.value)

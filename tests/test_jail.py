@@ -290,3 +290,17 @@ def test_without_cgroups_the_service_warns_or_refuses(monkeypatch, caplog) -> No
         jail = main.start_jail(Settings(jail_cgroups="auto", build_memory_mb=512, build_pids=20))
     assert jail.cgroups is None
     assert "BUILD LIMITS ARE WEAKER" in caplog.text and "512 MB of address space per process x 20 processes" in caplog.text
+
+
+def test_the_jail_user_has_a_name_without_a_passwd_file(jail: Jail) -> None:
+    """On the H200 image uid 65534 had no name: torch 2.11 asks getpass.getuser() while importing
+    torch._dynamo (its inductor cache folder), and every trace in the jail failed with KeyError."""
+    code, out, err = _python(jail, """
+        import getpass, os, json
+        print(json.dumps({"user": getpass.getuser(), "passwd": os.path.exists("/etc/passwd"),
+                          "inductor": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}))
+    """)
+    assert code == 0, err
+    seen = json.loads(out)
+    assert seen["user"] == "nobody" and not seen["passwd"]
+    assert seen["inductor"].startswith("/tmp/")

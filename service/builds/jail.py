@@ -18,8 +18,9 @@ and sees, inside ``bwrap``:
   ``/home``; a fresh ``/proc`` (only the jail's processes), a minimal ``/dev``,
   a read-only root;
 * one writable place, ``/tmp``: a tmpfs of ``scratch_bytes``, gone with the jail;
-* an empty environment but PATH, PYTHONPATH, HOME/TMPDIR (``/tmp``) and
-  OMP_NUM_THREADS=1: no secrets, no GPU;
+* an empty environment but PATH, PYTHONPATH, HOME/TMPDIR (``/tmp``), a user
+  name (USER/LOGNAME ``nobody``: there is no /etc/passwd inside), cache folders
+  under ``/tmp`` and OMP_NUM_THREADS=1: no secrets, no GPU;
 * limits on the whole build: a cgroup (memory of all its processes together,
   process count) where one can be created, and rlimits with hard == soft
   (address space, processes, file size, CPU time, no core dumps); the server
@@ -129,6 +130,10 @@ class Jail:
             "PATH": "/usr/bin:/bin", "PYTHONPATH": JAIL_PACKAGES, "HOME": "/tmp", "TMPDIR": "/tmp",
             "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONDONTWRITEBYTECODE": "1",
             "FLEXSN_CACHE_DIR": "/tmp/flexsn-cache", "TRITON_CACHE_DIR": "/tmp/triton", "LANG": "C.UTF-8",
+            # The jail has no /etc/passwd, so uid 65534 has no name: getpass.getuser() reads these first.
+            # torch 2.11 asks for it while importing torch._dynamo (its inductor cache folder); without
+            # them every trace failed on the H200 image with "getpwuid(): uid not found: 65534".
+            "USER": "nobody", "LOGNAME": "nobody", "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor",
         }
         tail = ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--remount-ro", "/dev", "--clearenv"]
         for name, value in env.items():

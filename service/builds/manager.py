@@ -347,6 +347,12 @@ def _outcome(
             f"{what} wrote more than {max_ir_bytes >> 20} MiB of output (IR too large) and was stopped",
             "OutputTooLarge", True,
         )
+    if worker.setup_error is not None:  # failed before it read the job: not the core's doing
+        raise BuildFailure(
+            f"{what} could not start (the service's build environment, not the core): "
+            f"{worker.setup_error.get('message', 'no message')}",
+            "BuildEnvironmentError", False, remember=False,
+        )
     event = result.event or {}
     if event.get("event") == "error":
         user = True if jailed else bool(event.get("user_error", True))

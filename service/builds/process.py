@@ -99,6 +99,7 @@ class Worker:
         self.on_progress: Callable[[dict[str, Any]], None] | None = None
         self.on_log: Callable[[str], None] | None = None
         self.too_large = False
+        self.setup_error: dict[str, Any] | None = None  # an error the worker reported before it was ready
         self._last: dict[str, Any] | None = None
         self._ir: bytes | None = None
         self._log_cut = False
@@ -132,6 +133,10 @@ class Worker:
                     self.on_progress(event)
             else:
                 self._last = event
+                if not self._ready.is_set():
+                    # Before "ready" no user code has run (the worker has not read its job): this
+                    # error is the build environment's, and the only jail output trusted to say so.
+                    self.setup_error = event
 
     def _on_too_large(self) -> None:
         if not self.too_large:

@@ -72,8 +72,14 @@ def main() -> int:
     if "--warm" in sys.argv:
         try:
             _warm_up()
-        except Exception:  # noqa: BLE001 - a cold worker still works
+        except Exception as exc:  # noqa: BLE001
+            # Our own core failed, before any user code ran: the build environment is broken, and a
+            # half-imported torch would fail the job with a misleading error blamed on the core.
             traceback.print_exc()
+            _emit(events, {"event": "error", "type": "BuildEnvironmentError", "user_error": False,
+                           "message": f"the build worker could not trace its own warm-up core: "
+                                      f"{type(exc).__name__}: {exc}"})
+            return 1
     _emit(events, {"event": "progress", "stage": "ready"})  # the build's clock starts now
     job = json.loads(sys.stdin.read())
     try:
