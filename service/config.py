@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,15 @@ class Settings(BaseSettings):
     ``FLEXSN_SERVICE_BUILD_TIMEOUT_S``, ``FLEXSN_SERVICE_BUILD_MEMORY_MB``: limits of one build
     ``FLEXSN_SERVICE_WORKERS``      builds running at once
     ``FLEXSN_SERVICE_CONFIGS``      kernel configs to build, e.g. ``1024x4,2048x8``
+    ``FLEXSN_SERVICE_BUILD_PIDS``, ``FLEXSN_SERVICE_BUILD_SCRATCH_MB``: more limits of one build's jail
+    ``FLEXSN_SERVICE_JAIL_BWRAP``   the bubblewrap binary (name on PATH or a path)
+    ``FLEXSN_SERVICE_JAIL_UID``     host uid the jail runs as when the service runs as root
+    ``FLEXSN_SERVICE_JAIL_CGROUPS`` ``auto`` (use cgroups if writable, else warn and fall back to
+                                    rlimits), ``require`` (refuse to start without), ``off``
+    ``FLEXSN_SERVICE_FAILED_BUILD_TTL_S``: how long a failed build is answered from memory
+    ``FLEXSN_SERVICE_MAX_IR_BYTES`` the most a jail may print (its IR)
+    ``FLEXSN_SERVICE_SOURCE_CHECK`` TEST ONLY: ``0`` switches the source check off, so that tests
+                                    exercise the jail alone. Never in production.
     """
 
     model_config = SettingsConfigDict(env_prefix="FLEXSN_SERVICE_", extra="ignore")
@@ -56,6 +66,17 @@ class Settings(BaseSettings):
     use_gpu: bool = True
     #: Kernel configs to build, "BLOCKxWARPS[xSTAGES],..." (each aligned and not); empty: flexsn_core's defaults.
     configs: str = ""
+    #: Processes (and threads) of one build, all together.
+    build_pids: int = Field(default=32, ge=4, le=4096)
+    #: The jail's writable /tmp (a tmpfs; also the largest file a build may write).
+    build_scratch_mb: int = Field(default=256, ge=1)
+    jail_bwrap: str = "bwrap"
+    jail_uid: int = Field(default=65534, ge=1)
+    jail_cgroups: Literal["auto", "require", "off"] = "auto"
+    failed_build_ttl_s: float = Field(default=600.0, ge=0)
+    max_ir_bytes: int = Field(default=16 << 20, ge=1 << 16)
+    #: TEST ONLY: False skips the source check (in the API and the worker) so tests reach the jail.
+    source_check: bool = True
 
     @field_validator("configs")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -16,9 +17,13 @@ from fastapi.routing import APIRoute
 from flexsn_core.compile import canonical_target
 
 from .api.deps import ServiceContext
+from .api.docs import ASSETS_URL, add_docs
 from .api.middleware import AuthGateMiddleware, BodyLimitMiddleware
-from .api.routes import blobs, builds, kernels, status
+from .api.routes import blobs, builds, kernels, page, status
 from .auth import load_tokens
+from .builds.cgroup import CgroupUnavailable, Cgroups
+from .builds.cgroup import detect as detect_cgroups
+from .builds.jail import Jail, JailLimits, JailUnavailable
 from .builds.manager import BuildManager
 from .builds.source_check_pool import SourceCheckPool
 from .config import Settings, get_settings
@@ -50,6 +55,41 @@ def _check_processes() -> int:
     return 1 if (os.cpu_count() or 1) <= 4 else 2
 
 
+def start_jail(settings: Settings) -> Jail:
+    """The build jail, checked by running it once; raises JailUnavailable (the service must not start)."""
+    cgroups: Cgroups | None = None
+    if settings.jail_cgroups != "off":
+        try:
+            cgroups = detect_cgroups()
+        except CgroupUnavailable as exc:
+            if settings.jail_cgroups == "require":
+                raise JailUnavailable(f"FLEXSN_SERVICE_JAIL_CGROUPS=require, but {exc}") from exc
+            logger.warning(
+                "BUILD LIMITS ARE WEAKER: no cgroup for builds (%s). Each build is bounded by rlimits only: "
+                "%d MB of address space per process x %d processes. Give the service a writable (delegated) "
+                "cgroup, or set FLEXSN_SERVICE_JAIL_CGROUPS=require to refuse to start without one.",
+                exc, settings.build_memory_mb, settings.build_pids,
+            )
+    limits = JailLimits(
+        memory_bytes=settings.build_memory_mb << 20,
+        pids=settings.build_pids,
+        scratch_bytes=settings.build_scratch_mb << 20,
+        cpu_seconds=int(settings.build_timeout_s) + 30,
+        concurrency=2 * settings.workers + 2,
+    )
+    try:
+        jail = Jail(bwrap=settings.jail_bwrap, limits=limits, cgroups=cgroups, jail_uid=settings.jail_uid)
+        jail.self_test()
+    except BaseException:
+        if cgroups is not None:
+            cgroups.close()
+        raise
+    logger.info("build jail: %s", jail.describe())
+    if not settings.source_check:
+        logger.warning("FLEXSN_SERVICE_SOURCE_CHECK=0: the source check is OFF (a setting for tests only)")
+    return jail
+
+
 def _route_id(route: APIRoute) -> str:
     """Stable OpenAPI operation ids: the route function's name."""
     return route.name
@@ -62,14 +102,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            jail = await asyncio.to_thread(start_jail, settings)
+        except JailUnavailable as exc:
+            logger.critical("refusing to start: builds run user code and need the jail. %s", exc)
+            raise
         store = open_store(settings.store)
         tokens = load_tokens(settings.tokens)
         gpu_target = local_gpu_target() if settings.use_gpu else None
         targets = [gpu_target] if gpu_target else sorted({canonical_target(t) for t in settings.target_list})
-        work_dir = ((settings.store_directory or Path("flexsn-work")) / "work").resolve()
+        work_root = ((settings.store_directory or Path("flexsn-work")) / "work").resolve()
         manager = BuildManager(
             store,
-            work_dir,
+            work_root,
+            jail=jail,
             workers=settings.workers,
             timeout_s=settings.build_timeout_s,
             memory_bytes=settings.build_memory_mb << 20,
@@ -77,6 +123,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tune_on_gpu=gpu_target is not None,
             metrics=metrics,
             configs=settings.config_list,
+            source_check=settings.source_check,
+            failure_ttl_s=settings.failed_build_ttl_s,
+            max_ir_bytes=settings.max_ir_bytes,
         )
         manager.start()
         metrics.watch_store(store.stats)
@@ -103,12 +152,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="flexsn-cache",
         version="1",
-        description="Builds FlexSN spiking-neuron kernels once and serves them to every training job.",
+        description="Builds FlexSN spiking-neuron kernels once and serves them to every training job. "
+                    "Status page: [/](/). Versions: `GET /v1/version`.",
         lifespan=lifespan,
         generate_unique_id_function=_route_id,
+        docs_url=None,  # FastAPI's pages load from a CDN; add_docs serves them from package assets
+        redoc_url=None,
     )
-    for module in (kernels, blobs, builds, status):
+    for module in (kernels, blobs, builds, status, page):
         app.include_router(module.router)
+    docs_paths = add_docs(app)
 
     @app.exception_handler(StoreError)
     async def _store_error(_request: Request, exc: StoreError) -> JSONResponse:
@@ -129,7 +182,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: request ids and logs for every answer, then auth, then the body limit,
     # so an anonymous request is refused (401) before its body is read or measured.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    public = ("/healthz", app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
-    app.add_middleware(AuthGateMiddleware, public_paths=public)
+    # Open without a token: health and versions, the API docs and their assets, and the status page
+    # (which decides itself what an anonymous visitor sees: api/routes/page.py).
+    public = ("/", "/healthz", "/v1/version", *docs_paths)
+    app.add_middleware(AuthGateMiddleware, public_paths=public, public_prefixes=(ASSETS_URL + "/",))
     app.add_middleware(RequestContextMiddleware, on_response=count)
     return app

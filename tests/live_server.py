@@ -32,6 +32,10 @@ class Server:
     store: Path
     log: Path
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def client(self, token: str | None = None, timeout: float = 30.0) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
@@ -71,10 +75,11 @@ def server_env(root: Path, **settings: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def live_server(root: Path, **settings: str) -> Iterator[Server]:
+def live_server(root: Path, extra_env: dict[str, str] | None = None, **settings: str) -> Iterator[Server]:
+    """A service on a free port; ``settings`` become FLEXSN_SERVICE_* variables, ``extra_env`` is added as is."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = server_env(root, **settings)
+    env = {**server_env(root, **settings), **(extra_env or {})}
     log = root / f"server-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -109,6 +114,6 @@ def live_server(root: Path, **settings: str) -> Iterator[Server]:
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flexsn_service.cli", *args],
+        [sys.executable, "-m", "flexsn_client.cli", *args],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=300,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,33 @@ def test_nothing_written_outside_the_store(server: Server) -> None:
             written.append(str(path.relative_to(server.root)))
     assert written == [], written
     assert os.listdir(server.store)  # the store (and the builds' scratch space) live here
+
+
+def test_a_failed_build_is_remembered_not_rebuilt(server: Server) -> None:
+    body = _body("import torch\ndef core(x, v):\n    y = torch.sort(x + 1.5)[0]\n    return y, v\n")
+    with server.client(timeout=300) as http:
+        first = http.post("/v1/kernels", json=body)
+        assert first.status_code == 202, first.text
+        status = server.wait_build(http, first.json()["build_id"], timeout=240)
+        assert status["state"] == "failed" and "aten.sort.default" in status["error"]
+        started = http.get("/v1/stats").json()["builds_started"]
+        again = http.post("/v1/kernels", json=body)
+        assert again.status_code == 202 and again.json()["build_id"] == first.json()["build_id"]
+        assert again.json()["state"] == "failed"
+        t0 = time.monotonic()
+        waited = http.post("/v1/kernels", params={"wait": "true"}, json=body)
+        assert waited.status_code == 422 and "aten.sort.default" in waited.json()["detail"]["message"]
+        assert time.monotonic() - t0 < 5  # answered from memory
+        assert http.get("/v1/stats").json()["builds_started"] == started
+
+
+def test_a_core_printing_a_huge_line_still_builds(server: Server) -> None:
+    # One 300 kB line without a newline stalled the build slot for good (StreamReader.readline).
+    source = "import torch\ndef core(x, v):\n    print('x' * 300000)\n    h = v * 0.25 + x\n    return h, h\n"
+    with server.client(timeout=300) as http:
+        response = http.post("/v1/kernels", json=_body(source))
+        assert response.status_code == 202, response.text
+        status = server.wait_build(http, response.json()["build_id"], timeout=240)
+        assert status["state"] == "succeeded", status
+        assert status["log_tail"] and all(len(line) <= 520 for line in status["log_tail"])
+        assert any(line.endswith("[cut]") for line in status["log_tail"])

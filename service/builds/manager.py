@@ -1,92 +1,74 @@
-"""Builds: single flight per key, a bounded pool of sandboxed worker processes.
+"""Builds: single flight per key, at most ``workers`` at once, each in three steps.
 
-Each build runs ``python -m flexsn_service.builds.worker`` in a fresh process
-(spawned, never forked from the server) in its own session, with a wall-clock
-timeout (the process group is killed) and memory/CPU limits the worker applies
-to itself before running user code. Concurrent requests for one key join the
-build already running. The worker writes its output to a scratch folder; the
-server verifies every blob's sha256 and the manifest's key, optionally runs the
-GPU tuner, then stores blobs first and the manifest last.
+1. **Trace, in the jail** (``jail.py``, ``worker.py``): a warmed-up jailed
+   worker loads the core's source and traces it; its only output is the IR
+   (JSON on stdout), read with hard bounds (``process.py``). Killed after
+   ``timeout_s``.
+2. **Compile, outside** (``compiler.py``): a trusted process that runs no user
+   code validates the IR, generates the Triton module from it and compiles
+   every (kind, config, target) into a folder of the service's.
+3. **Store**: the server re-hashes every blob, checks the manifest is for the
+   requested spec, optionally autotunes on the local GPU (``tuner.py``), then
+   stores blobs first and the manifest last.
+
+Concurrent requests for one key join a build in flight that compiles every
+target they ask for (else they start their own; binaries of one key are merged
+under a lock when stored); a failed build is remembered for ``failure_ttl_s`` (the same spec and targets fail at once
+instead of being rebuilt). Every wait has a timeout, the build slot is always
+released, and every process a build started is killed when it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from flexsn_core.artifacts import merge_binaries, referenced_blobs, sha256_hex, validate_manifest
+from flexsn_core.artifacts import sha256_hex
 from flexsn_core.compile import KernelConfig
 from flexsn_core.errors import ArtifactError
+from flexsn_core.manifest import iter_choices, record_tuning, referenced_blobs, validate_manifest
 from flexsn_core.spec import KernelSpec
 
 from ..metrics import ServiceMetrics
 from ..store import Store
+from .jail import Jail
+from .pool import SparePool
+from .process import Worker, WorkerResult
+from .records import BuildFailure, BuildRecord, RecordBook
+from .workdir import create_work_dir, remove_work_dir
 
-__all__ = ["BuildRecord", "BuildManager"]
+__all__ = ["BuildRecord", "BuildFailure", "BuildManager", "BuildActivity"]
 
 logger = logging.getLogger("flexsn_service.builds")
 
-LOG_TAIL_LINES = 40
+#: Output cap of our own (unjailed) compile and tuner processes: progress events only.
+_TRUSTED_OUTPUT_BYTES = 1 << 20
 
 
-@dataclass
-class BuildRecord:
-    id: str
-    key: str
-    spec: KernelSpec
-    targets: list[str]
-    state: str = "queued"  # queued | running | succeeded | failed
-    progress: dict[str, Any] = field(default_factory=lambda: {"stage": "queued", "done": 0, "total": 0})
-    error: str | None = None
-    error_type: str | None = None
-    user_error: bool = False
-    log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
-    created: float = field(default_factory=time.time)
-    started: float | None = None
-    finished: float | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+class BuildActivity(NamedTuple):
+    """What the builds are doing, for /v1/stats and the status page."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "build_id": self.id,
-            "key": self.key,
-            "state": self.state,
-            "targets": self.targets,
-            "progress": self.progress,
-            "error": self.error,
-            "error_type": self.error_type,
-            "log_tail": list(self.log),
-            "created": self.created,
-            "started": self.started,
-            "finished": self.finished,
-        }
-
-
-class BuildFailure(Exception):
-    def __init__(self, message: str, error_type: str, user_error: bool) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.user_error = user_error
+    #: queued or running, oldest first
+    in_flight: list[BuildRecord]
+    #: failed within the window, newest first
+    recent_failures: list[BuildRecord]
 
 
 class BuildManager:
     def __init__(
         self,
         store: Store,
-        work_dir: Path,
+        work_root: Path,
         *,
+        jail: Jail,
         workers: int,
         timeout_s: float,
         memory_bytes: int,
@@ -94,40 +76,38 @@ class BuildManager:
         tune_on_gpu: bool,
         metrics: ServiceMetrics,
         configs: list[KernelConfig] | None = None,
+        source_check: bool = True,
+        failure_ttl_s: float = 600.0,
+        max_ir_bytes: int = 16 << 20,
     ) -> None:
         self.store = store
-        self.work_dir = work_dir
+        self.jail = jail
         self.timeout_s = timeout_s
         self.memory_bytes = memory_bytes
         self.max_source_bytes = max_source_bytes
+        self.source_check = source_check
+        self.max_ir_bytes = max_ir_bytes
         self.tune_on_gpu = tune_on_gpu
         self.metrics = metrics
         self.configs = configs
-        self.records: dict[str, BuildRecord] = {}
-        self.inflight: dict[str, BuildRecord] = {}
+        self.book = RecordBook(failure_ttl_s=failure_ttl_s, keep_s=max(3600.0, failure_ttl_s))
+        self.work_dir = create_work_dir(work_root)
         self._slots = asyncio.Semaphore(workers)
-        self._slots_total = workers
-        self._procs: set[asyncio.subprocess.Process] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        #: warmed-up workers waiting for a job (started lazily, refilled as they are used)
-        self._spares: list[asyncio.subprocess.Process] = []
-        self._pending_spares = 0
+        # Two builds of one key (different targets) may finish together: merge their binaries one at a time.
+        self._active: set[Worker] = set()
         self._closing = False
-        for sub in ("scratch", "home", "tmp", "cache", "triton"):
-            (work_dir / sub).mkdir(parents=True, exist_ok=True)
-        # Scratch folders of builds that a crash interrupted.
-        for leftover in (work_dir / "scratch").iterdir():
-            shutil.rmtree(leftover, ignore_errors=True)
+        self._tracers = SparePool("jail", self._start_tracer, workers)
+        self._compilers = SparePool("compile", self._start_compiler, workers)
 
     # ----------------------------------------------------------- requests
     def request(self, spec: KernelSpec, targets: list[str]) -> tuple[BuildRecord, bool]:
-        """The build of ``spec`` (joining one in flight); True if this call started it."""
-        record = self.inflight.get(spec.key)
+        """The build of ``spec`` (joining one in flight, or a recent failure); True if this call started it."""
+        record = self.book.current(spec.key, targets)
         if record is not None:
             return record, False
         record = BuildRecord(id=uuid.uuid4().hex, key=spec.key, spec=spec, targets=list(targets))
-        self.records[record.id] = record
-        self.inflight[spec.key] = record
+        self.book.add(record)
         self.metrics.builds_started.inc()
         task = asyncio.get_running_loop().create_task(self._run(record))
         self._tasks.add(task)
@@ -135,62 +115,155 @@ class BuildManager:
         return record, True
 
     def get(self, build_id: str) -> BuildRecord | None:
-        return self.records.get(build_id)
+        return self.book.get(build_id)
+
+    def activity(self, window_s: float = 3600.0) -> BuildActivity:
+        """Builds in flight and the ones that failed in the last ``window_s`` (read-only)."""
+        now = time.time()
+        records = list(self.book.records.values())
+        failed = [r for r in records if r.state == "failed" and r.finished is not None and now - r.finished < window_s]
+        return BuildActivity(
+            in_flight=sorted((r for r in records if r.finished is None), key=lambda r: r.created),
+            recent_failures=sorted(failed, key=lambda r: r.finished or 0.0, reverse=True),
+        )
 
     def start(self) -> None:
         """Start the warmed-up spare workers (call from the running event loop)."""
-        self._refill_spares()
+        self._tracers.refill()
+        self._compilers.refill()
 
     async def shutdown(self) -> None:
         self._closing = True
-        for proc in [*self._procs, *self._spares]:
-            _kill_group(proc)
         for task in list(self._tasks):
             task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(self._tracers.close(), self._compilers.close(),
+                             *(w.dispose() for w in list(self._active)), return_exceptions=True)
+        if self.jail.cgroups is not None:
+            await asyncio.to_thread(self.jail.cgroups.close)
+        remove_work_dir(self.work_dir)
 
-    # ----------------------------------------------------------- running
+    # ----------------------------------------------------------- one build
     async def _run(self, record: BuildRecord) -> None:
-        scratch = self.work_dir / "scratch" / record.id
+        out_dir = self.work_dir / "builds" / record.id
+        remember = True
         try:
             async with self._slots:
                 record.state, record.started = "running", time.time()
-                scratch.mkdir(parents=True)
-                await self._run_worker(record, scratch)
-                manifest, blobs = self._collect(record, scratch)
+                record.progress = {"stage": "starting", "done": 0, "total": 0}
+                began = time.perf_counter()
+                ir = await self._trace(record)
+                traced = time.perf_counter()
+                out_dir.mkdir(parents=True)
+                await self._compile(record, ir, out_dir)
+                logger.info("build %s: traced in the jail in %.2f s, compiled in %.2f s (IR %d bytes)",
+                            record.id, traced - began, time.perf_counter() - traced, len(ir))
+                manifest, blobs = self._collect(record, out_dir)
                 if self.tune_on_gpu:
                     record.progress = {"stage": "autotuning", "done": 0, "total": 0}
-                    manifest["tuning"] = await self._run_tuner(record, scratch)
+                    for choice in iter_choices(await self._tune(record, out_dir, manifest)):
+                        record_tuning(manifest, choice)
                 record.progress = {"stage": "storing", "done": 0, "total": 0}
                 await asyncio.to_thread(self._store, manifest, blobs)
             record.state = "succeeded"
             record.progress = {"stage": "done", "done": 1, "total": 1}
             self.metrics.builds_succeeded.inc()
         except BuildFailure as exc:
+            remember = exc.remember
+            record.error_op, record.error_line = exc.op, exc.line
             self._fail(record, str(exc), exc.error_type, exc.user_error)
         except asyncio.CancelledError:
+            remember = False
             self._fail(record, "the service shut down during the build", "Cancelled", False)
             raise
         except Exception as exc:  # noqa: BLE001 - any infrastructure problem fails this build only
+            remember = False
             logger.exception("build %s failed", record.id)
             self._fail(record, f"internal error: {type(exc).__name__}: {exc}", type(exc).__name__, False)
         finally:
-            record.finished = time.time()
             if record.started is not None:
-                self.metrics.build_seconds.observe(record.finished - record.started)
-            self.inflight.pop(record.key, None)
-            shutil.rmtree(scratch, ignore_errors=True)
-            record.done.set()
-            # Replace the used worker now that the build no longer needs the CPUs.
-            self._refill_spares()
+                self.metrics.build_seconds.observe(time.time() - record.started)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            self.book.finish(record, remember_failure=remember)
+            if not self._closing:  # replace the used workers now that the build no longer needs the CPUs
+                self._tracers.refill()
+                self._compilers.refill()
 
     def _fail(self, record: BuildRecord, message: str, error_type: str, user_error: bool) -> None:
         record.state, record.error, record.error_type, record.user_error = "failed", message, error_type, user_error
         self.metrics.builds_failed.inc()
-        logger.info("build %s of %s failed: %s", record.id, record.key[:12], message)
+        logger.info("build %s of %s failed: %s", record.id, record.key[:12], message[:500])
 
+    # ----------------------------------------------------------- step 1: trace in the jail
+    async def _start_tracer(self, warm: bool) -> Worker:
+        command = self.jail.python_command("-m", "flexsn_service.builds.worker", *(["--warm"] if warm else []))
+        name = f"jail-{uuid.uuid4().hex[:12]}"
+        proc, cgroup = await self.jail.spawn(command, name)
+        return Worker(proc, name=name, cgroup=cgroup, max_result_bytes=self.max_ir_bytes, accept_ir=True)
+
+    async def _trace(self, record: BuildRecord) -> bytes:
+        limits = self.jail.limits
+        job = {
+            "spec": record.spec.to_dict(),
+            "check_source": self.source_check,
+            "max_source_bytes": self.max_source_bytes,
+            "memory_bytes": self.memory_bytes,
+            "cpu_seconds": self.timeout_s + 30,
+            "max_processes": limits.pids,
+            "max_file_bytes": limits.scratch_bytes,
+        }
+        result = await self._run_worker(
+            record, self._tracers, json.dumps(job).encode(),
+            timeout_message=f"the build did not finish within {self.timeout_s:g} s and was stopped "
+                            "(an endless loop in the core?)",
+            what="the jailed build worker", jailed=True,
+        )
+        if result.ir is None:
+            raise BuildFailure("the jailed build worker ended without an IR", "NoResult", True)
+        return result.ir
+
+    # ----------------------------------------------------------- step 2: compile outside
+    async def _start_compiler(self, warm: bool) -> Worker:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "flexsn_service.builds.compiler", *(["--warm"] if warm else []),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=self._env(gpu=False), cwd=str(self.work_dir / "tmp"), start_new_session=True,
+        )
+        return Worker(proc, name=f"compile-{proc.pid}", max_result_bytes=_TRUSTED_OUTPUT_BYTES)
+
+    async def _compile(self, record: BuildRecord, ir: bytes, out_dir: Path) -> None:
+        header = {
+            "spec": record.spec.to_dict(),
+            "targets": record.targets,
+            "configs": [c.to_dict() for c in self.configs] if self.configs else None,
+            "out_dir": str(out_dir),
+        }
+        await self._run_worker(
+            record, self._compilers, json.dumps(header).encode() + b"\n" + ir,
+            timeout_message=f"compiling the kernels did not finish within {self.timeout_s:g} s",
+            what="the compile step", jailed=False,
+        )
+
+    async def _run_worker(
+        self, record: BuildRecord, pool: SparePool, job: bytes, *, timeout_message: str, what: str, jailed: bool
+    ) -> WorkerResult:
+        worker = await asyncio.wait_for(pool.take(), timeout=self.timeout_s)
+        self._active.add(worker)
+        worker.on_progress = lambda event: setattr(
+            record, "progress", {k: event.get(k, 0) for k in ("stage", "done", "total")}
+        )
+        worker.on_log = record.log.append
+        try:
+            result = await worker.run(job, timeout=self.timeout_s, timeout_message=timeout_message)
+        finally:
+            self._active.discard(worker)
+            await worker.dispose()
+        return _outcome(result, worker, what, jailed=jailed, max_ir_bytes=self.max_ir_bytes,
+                        memory_bytes=self.memory_bytes)
+
+    # ----------------------------------------------------------- step 3: verify, tune, store
     def _env(self, *, gpu: bool) -> dict[str, str]:
+        """Environment of the trusted compile and tuner processes: no secrets, caches in the work folder."""
         keep = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "CUDA_HOME", "LANG")
         env = {k: os.environ[k] for k in keep if k in os.environ}
         env.update(
@@ -205,156 +278,99 @@ class BuildManager:
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env
 
-    async def _take_worker(self) -> asyncio.subprocess.Process:
-        """A warmed-up spare worker, or a fresh one if none is ready (replaced after the build)."""
-        proc = None
-        while self._spares and proc is None:
-            candidate = self._spares.pop()
-            if candidate.returncode is None:
-                proc = candidate
-        if proc is None:
-            proc = await self._start_worker(warm=False)
-        self._procs.add(proc)
-        return proc
-
-    def _refill_spares(self) -> None:
-        """Keep one warmed-up worker per build slot waiting for a job."""
-        if self._closing:
-            return
-
-        async def add() -> None:
-            spare = await self._start_worker(warm=True)
-            if self._closing:
-                _kill_group(spare)
-            else:
-                self._spares.append(spare)
-
-        while len(self._spares) + self._pending_spares < self._slots_total:
-            self._pending_spares += 1
-            task = asyncio.get_running_loop().create_task(add())
-            task.add_done_callback(self._spare_done)
-            self._tasks.add(task)  # type: ignore[arg-type]
-
-    def _spare_done(self, task: asyncio.Task[None]) -> None:
-        self._pending_spares -= 1
-        self._tasks.discard(task)  # type: ignore[arg-type]
-
-    async def _start_worker(self, *, warm: bool) -> asyncio.subprocess.Process:
-        args = ["--warm"] if warm else []
-        return await self._start("flexsn_service.builds.worker", args, gpu=False)
-
-    async def _start(self, module: str, args: list[str], *, gpu: bool) -> asyncio.subprocess.Process:
-        """``python -m module`` in its own session, with the build environment; stdin kept open."""
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", module, *args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self._env(gpu=gpu),
-            cwd=str(self.work_dir / "tmp"),
-            start_new_session=True,
+    async def _tune(self, record: BuildRecord, out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The tuner's table (``tuning[target][kind][bucket][variant]``), checked against ``manifest``."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "flexsn_service.builds.tuner", str(out_dir),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=self._env(gpu=True), cwd=str(self.work_dir / "tmp"), start_new_session=True,
         )
-
-    async def _run_worker(self, record: BuildRecord, scratch: Path) -> None:
-        job = {
-            "spec": record.spec.to_dict(),
-            "targets": record.targets,
-            "configs": [c.to_dict() for c in self.configs] if self.configs else None,
-            "out_dir": str(scratch),
-            "memory_bytes": self.memory_bytes,
-            "cpu_seconds": self.timeout_s + 30,
-            "max_source_bytes": self.max_source_bytes,
-        }
-        proc = await self._take_worker()
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(job).encode())
-        await proc.stdin.drain()
-        proc.stdin.close()
-        outcome: dict[str, Any] = {}
-
-        async def read_events() -> None:
-            assert proc.stdout is not None
-            async for raw in proc.stdout:
-                try:
-                    event = json.loads(raw)
-                except json.JSONDecodeError:
-                    continue
-                if event.get("event") == "progress":
-                    record.progress = {k: event.get(k) for k in ("stage", "done", "total")}
-                elif event.get("event") in ("done", "error"):
-                    outcome.update(event)
-
-        async def read_log() -> None:
-            assert proc.stderr is not None
-            async for raw in proc.stderr:
-                record.log.append(raw.decode(errors="replace").rstrip()[:500])
-
-        readers = asyncio.gather(read_events(), read_log())
+        worker = Worker(proc, name=f"tuner-{proc.pid}", max_result_bytes=_TRUSTED_OUTPUT_BYTES)
+        worker.on_log = record.log.append
+        self._active.add(worker)
         try:
-            await asyncio.wait_for(proc.wait(), timeout=self.timeout_s)
-        except asyncio.TimeoutError:
-            _kill_group(proc)
-            await proc.wait()
-            raise BuildFailure(
-                f"the build did not finish within {self.timeout_s:g} s and was stopped "
-                "(an endless loop in the core?)", "Timeout", True,
-            ) from None
+            result = await worker.run(b"", timeout=self.timeout_s, timeout_message="autotuning did not finish in time",
+                                      wait_ready=False)
         finally:
-            self._procs.discard(proc)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(readers, timeout=5)
-        if outcome.get("event") == "error":
-            raise BuildFailure(outcome.get("message", "build failed"), outcome.get("type", "Error"), bool(outcome.get("user_error")))
-        if proc.returncode != 0 or outcome.get("event") != "done":
-            code = proc.returncode
-            reason = f"killed by signal {-code}" if code and code < 0 else f"exit status {code}"
-            hint = " (over its memory or CPU limit?)" if code and code < 0 else ""
-            raise BuildFailure(f"the build worker stopped without a result: {reason}{hint}", "WorkerDied", True)
-
-    async def _run_tuner(self, record: BuildRecord, scratch: Path) -> dict[str, Any]:
-        proc = await self._start("flexsn_service.builds.tuner", [str(scratch)], gpu=True)
-        self._procs.add(proc)
+            self._active.discard(worker)
+            await worker.dispose()
+        if result.returncode != 0:
+            raise BuildFailure(f"autotuning failed (exit status {result.returncode})", "TunerFailed", False)
         try:
-            _, err = await asyncio.wait_for(proc.communicate(), timeout=self.timeout_s)
-        except asyncio.TimeoutError:
-            _kill_group(proc)
-            raise BuildFailure("autotuning did not finish in time", "Timeout", False) from None
-        finally:
-            self._procs.discard(proc)
-        if proc.returncode != 0:
-            record.log.extend(err.decode(errors="replace").splitlines()[-10:])
-            raise BuildFailure(f"autotuning failed (exit status {proc.returncode})", "TunerFailed", False)
-        return json.loads((scratch / "tuning.json").read_text())
+            table = json.loads((out_dir / "tuning.json").read_text())
+            validate_manifest({**manifest, "tuning": table})  # its shape, and every choice fits its binaries
+        except (OSError, ValueError, ArtifactError) as exc:
+            raise BuildFailure(f"autotuning wrote no usable table: {exc}", "TunerFailed", False) from exc
+        return table
 
-    def _collect(self, record: BuildRecord, scratch: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
-        """Read and verify what the worker wrote: it ran user code, so trust nothing."""
+    def _collect(self, record: BuildRecord, out_dir: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """Read and verify what the compile step wrote (trusted code, but verify before storing)."""
         try:
-            manifest = json.loads((scratch / "manifest.json").read_text())
+            manifest = json.loads((out_dir / "manifest.json").read_text())
             validate_manifest(manifest)
         except (OSError, ValueError, ArtifactError) as exc:
-            raise BuildFailure(f"the worker wrote an unusable manifest: {exc}", "BadManifest", False) from exc
+            raise BuildFailure(f"the compile step wrote an unusable manifest: {exc}", "BadManifest", False) from exc
         if manifest.get("key") != record.key or KernelSpec.from_dict(manifest["spec"]) != record.spec:
-            raise BuildFailure("the worker's manifest is for a different spec", "BadManifest", False)
+            raise BuildFailure("the compile step's manifest is for a different spec", "BadManifest", False)
         blobs: dict[str, bytes] = {}
         for sha in set(referenced_blobs(manifest)):
-            data = (scratch / sha).read_bytes()
+            try:
+                data = (out_dir / sha).read_bytes()
+            except OSError as exc:
+                raise BuildFailure(f"blob {sha[:16]}… is missing: {exc}", "IntegrityError", False) from exc
             if sha256_hex(data) != sha:
                 raise BuildFailure(f"blob {sha[:16]}… does not match its sha256", "IntegrityError", False)
             blobs[sha] = data
         return manifest, blobs
 
     def _store(self, manifest: dict[str, Any], blobs: dict[str, bytes]) -> None:
-        existing = self.store.get_manifest(manifest["key"])
-        if existing is not None:
-            manifest = merge_binaries(existing, manifest)
-        for sha, data in blobs.items():  # blobs first ...
-            self.store.put_blob(sha, data)
         try:
-            self.store.put_manifest(manifest, now=time.time())  # ... the manifest last
-        except ArtifactError as exc:
-            raise BuildFailure(f"could not store the artifact: {exc}", "StoreError", False) from exc
+            for sha, data in blobs.items():  # blobs first ...
+                self.store.put_blob(sha, data)
+            # ... the manifest last, merged with the stored one (other targets, tuned choices) under its lock
+            self.store.merge_manifest(manifest, now=time.time())
+        except (ArtifactError, OSError) as exc:
+            raise BuildFailure(f"could not store the artifact: {exc}", "StoreError", False, remember=False) from exc
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+
+def _outcome(
+    result: WorkerResult, worker: Worker, what: str, *, jailed: bool, max_ir_bytes: int, memory_bytes: int
+) -> WorkerResult:
+    """The result if the worker succeeded; else the BuildFailure that says why.
+
+    Whatever happens in the jail counts as the core's doing (a 422, remembered): the jail's
+    word that a failure was "internal" is not taken.
+    """
+    if worker.too_large:
+        raise BuildFailure(
+            f"{what} wrote more than {max_ir_bytes >> 20} MiB of output (IR too large) and was stopped",
+            "OutputTooLarge", True,
+        )
+    if worker.setup_error is not None:  # failed before it read the job: not the core's doing
+        raise BuildFailure(
+            f"{what} could not start (the service's build environment, not the core): "
+            f"{worker.setup_error.get('message', 'no message')}",
+            "BuildEnvironmentError", False, remember=False,
+        )
+    event = result.event or {}
+    if event.get("event") == "error":
+        user = True if jailed else bool(event.get("user_error", True))
+        op, line = event.get("op"), event.get("line")
+        raise BuildFailure(
+            str(event.get("message", "build failed")), str(event.get("type", "Error")), user,
+            op=op if isinstance(op, str) else None,
+            line=line if isinstance(line, int) and not isinstance(line, bool) else None,
+        )
+    if result.returncode == 0 and (event.get("event") == "done" or result.ir is not None):
+        return result
+    code = result.returncode
+    if result.oom:
+        reason = f"it went over the build's memory limit ({memory_bytes >> 20} MB above the worker's baseline)"
+    elif code is not None and code < 0:
+        reason = f"killed by signal {-code} (over its memory or CPU limit?)"
+    elif code is not None and code > 128:
+        reason = f"killed by signal {code - 128} (over its memory or CPU limit?)"
+    else:
+        reason = f"exit status {code}"
+    raise BuildFailure(f"{what} stopped without a result: {reason}", "WorkerDied", True)

@@ -19,5 +19,5 @@ async def get_build(
 ) -> BuildStatus:
     record = ctx.builds.get(build_id)
     if record is None:
-        raise HTTPException(404, f"no build {build_id!r} (builds are kept until the service restarts)")
+        raise HTTPException(404, f"no build {build_id!r} (finished builds are kept for an hour, by the replica that ran them, and are gone after a restart)")
     return BuildStatus(**record.to_dict())
