@@ -22,7 +22,7 @@ from typing import Any
 
 from ._version import CODEGEN_VERSION
 from .codegen.kernels import GeneratedKernels
-from .compile import DEFAULT_CONFIGS, CompiledBinary, KernelConfig, compile_kernel, parse_target
+from .compile import CompiledBinary, KernelConfig, compile_kernel, default_configs, parse_target
 from .counters import bump
 from .errors import ArtifactError, IntegrityError
 from .ir import dumps_ir, generate_from_ir, trace_to_ir
@@ -85,14 +85,7 @@ def generate(spec: KernelSpec) -> GeneratedKernels:
 
 
 def _manifest_head(spec: KernelSpec, gen: GeneratedKernels) -> dict[str, Any]:
-    plan = None
-    if gen.plan is not None:
-        plan = {
-            "loads": [vars(v) for v in gen.plan.loads],
-            "recompute": list(gen.plan.recompute),
-            "needs_state_seqs": gen.plan.needs_state_seqs,
-            "bytes_per_step": gen.plan.bytes_per_step,
-        }
+    plan = gen.plan.to_dict() if gen.plan is not None else None
     head = {
         "format": MANIFEST_FORMAT,
         "key": spec.key,
@@ -131,31 +124,34 @@ def build_artifacts(
     """
     for target in targets:
         parse_target(target)
-    configs = tuple(configs or DEFAULT_CONFIGS)
+    configs = tuple(configs or default_configs(spec.torch_dtype))
     if not configs:
         raise ValueError("configs must not be empty")
     started = time.perf_counter()
     gen = generated or generate(spec)
     manifest = _manifest_head(spec, gen)
     blobs: dict[str, bytes] = {gen.sha256: gen.source.encode()}
-    jobs = [(kind, config, target) for target in targets for kind in gen.kernels for config in configs]
+    # Configs that differ only in their launch grid share one binary: compile it once.
+    keys = list(dict.fromkeys(c.binary_key for c in configs))
+    jobs = [(kind, key, target) for target in targets for kind in gen.kernels for key in keys]
     if progress:
         progress("traced", 0, len(jobs))
     for done, binary in enumerate(_compile_all(gen, jobs, workers), start=1):
-        kind, config, target = binary.kind, binary.config, binary.target
+        kind, target = binary.kind, binary.target
         blobs[binary.sha256] = binary.binary
-        manifest["binaries"].append(
-            {
-                "kind": kind,
-                "target": target,
-                "config": config.to_dict(),
-                "config_id": config.id,
-                "sha256": binary.sha256,
-                "size": len(binary.binary),
-                "launch": binary.launch,
-                "triton_metadata": binary.triton_metadata,
-            }
-        )
+        for config in (c for c in configs if c.binary_key == binary.config):
+            manifest["binaries"].append(
+                {
+                    "kind": kind,
+                    "target": target,
+                    "config": config.to_dict(),
+                    "config_id": config.id,
+                    "sha256": binary.sha256,
+                    "size": len(binary.binary),
+                    "launch": binary.launch,
+                    "triton_metadata": binary.triton_metadata,
+                }
+            )
         if progress:
             progress("compiled", done, len(jobs))
     manifest["build_seconds"] = round(time.perf_counter() - started, 3)

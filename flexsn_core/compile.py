@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import types
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .counters import bump
@@ -28,6 +28,8 @@ from .settings import cache_dir  # re-exported: the knob is read in settings
 __all__ = [
     "KernelConfig",
     "DEFAULT_CONFIGS",
+    "DEFAULT_SHAPES",
+    "default_configs",
     "CompiledBinary",
     "compile_kernel",
     "load_generated_module",
@@ -44,17 +46,36 @@ class KernelConfig:
 
     ``aligned`` binaries assume every pointer is 16-byte aligned and ``N`` is a
     multiple of 16, which lets Triton emit vector loads; the runtime picks them
-    only when the call satisfies both.
+    only when the call satisfies both. ``prefetch`` loads each streamed buffer
+    one time step ahead (the ``PREFETCH`` constexpr: two loads in flight per
+    thread and stream instead of one). ``programs_per_sm`` > 0 makes the launch
+    persistent: at most that many programs per multiprocessor, each walking
+    blocks grid-stride (the same binary as 0; only the grid differs).
     """
 
     block: int = 1024
     num_warps: int = 4
     num_stages: int = 1
     aligned: bool = True
+    prefetch: bool = False
+    programs_per_sm: int = 0
 
     @property
     def id(self) -> str:
-        return f"b{self.block}-w{self.num_warps}-s{self.num_stages}-{'a16' if self.aligned else 'u'}"
+        extra = ("-pf" if self.prefetch else "") + (f"-g{self.programs_per_sm}" if self.programs_per_sm else "")
+        return f"b{self.block}-w{self.num_warps}-s{self.num_stages}{extra}-{'a16' if self.aligned else 'u'}"
+
+    @property
+    def binary_key(self) -> KernelConfig:
+        """The config that determines the binary (the launch grid policy does not)."""
+        return replace(self, programs_per_sm=0)
+
+    def grid(self, n: int, sm_count: int) -> int:
+        """Programs to launch for ``n`` elements per step on a GPU with ``sm_count`` multiprocessors."""
+        blocks = (n + self.block - 1) // self.block
+        if self.programs_per_sm > 0:
+            return max(1, min(blocks, self.programs_per_sm * sm_count))
+        return blocks
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,19 +85,35 @@ class KernelConfig:
         return cls(**data)
 
 
-def _configs(*shapes: tuple[int, int, int]) -> tuple[KernelConfig, ...]:
+def _configs(*shapes: tuple[int, int, int, bool]) -> tuple[KernelConfig, ...]:
     return tuple(
-        KernelConfig(block, warps, stages, aligned)
-        for block, warps, stages in shapes
+        KernelConfig(block, warps, stages, aligned, prefetch)
+        for block, warps, stages, prefetch in shapes
         for aligned in (True, False)
     )
 
 
-#: Configs built by default, each aligned and not. On an H200
-#: (bench/gpu_configs.py) 512x4 and 1024x8 were fastest or within 1% for every
-#: fp32 kind and size; 2048x8 gives bf16 twice the bytes in flight per thread.
-#: Blocks of 4096 lost up to 2x in the backward. Autotuning picks per bucket.
-DEFAULT_CONFIGS: tuple[KernelConfig, ...] = _configs((512, 4, 1), (1024, 8, 1), (2048, 8, 1))
+#: Configs built by default, per dtype, each aligned and not (block, warps,
+#: stages, prefetch). fp32: on an H200 (bench/gpu_configs.py) 512x4 and 1024x8
+#: were fastest or within 1% for every kind and size; 4096 lost up to 2x in the
+#: backward; 1024x8 with prefetch is the candidate for 2^22. 16-bit: a thread
+#: moves half the bytes per element, so these keep 8-16 elements per thread
+#: (16-32 B per load) and prefetch, with the old best (2048x8) as a baseline.
+#: bench/gpu_sweep.py measures them; autotuning picks per kind and size bucket.
+DEFAULT_SHAPES: dict[str, tuple[tuple[int, int, int, bool], ...]] = {
+    "float32": ((512, 4, 1, False), (1024, 8, 1, False), (1024, 8, 1, True)),
+    "16bit": ((2048, 8, 1, False), (1024, 4, 1, True), (2048, 4, 1, True)),
+}
+
+
+def default_configs(dtype: Any = None) -> tuple[KernelConfig, ...]:
+    """The configs built for a core of ``dtype`` (a torch dtype or its name; fp32 when None)."""
+    name = str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+    return _configs(*DEFAULT_SHAPES["float32" if name == "float32" else "16bit"])
+
+
+#: The fp32 default configs (``default_configs(dtype)`` has every dtype's).
+DEFAULT_CONFIGS: tuple[KernelConfig, ...] = default_configs()
 
 
 #: The GPU archs Triton 3.6 compiles for: what its bundled ptxas (CUDA 12.8,
@@ -197,7 +234,7 @@ def compile_kernel(gen: GeneratedKernels, kind: str, config: KernelConfig, targe
     src = ASTSource(
         fn=fn,
         signature=_signature(kdef),
-        constexprs={"BLOCK": config.block, "INTERPRET": False},
+        constexprs={"BLOCK": config.block, "INTERPRET": False, "PREFETCH": config.prefetch},
         attrs=_attrs(kdef, config.aligned),
     )
     options = {

@@ -21,7 +21,7 @@ import threading
 import torch
 
 from .artifacts import build_artifacts, generate
-from .compile import DEFAULT_CONFIGS
+from .compile import default_configs
 from .counters import bump
 from .errors import ArtifactError
 from .manifest import TuningChoice, targets_of
@@ -81,7 +81,8 @@ def kernels_for(spec: KernelSpec, device: torch.device, *, store: LocalStore | N
             bump("local_hits")
         else:
             # blobs first, then the manifest merged with what another process may have stored meanwhile
-            manifest = store.put(build_artifacts(spec, targets=(target,), configs=DEFAULT_CONFIGS))
+            artifact = build_artifacts(spec, targets=(target,), configs=default_configs(spec.torch_dtype))
+            manifest = store.put(artifact)
         ks = KernelSet(manifest, fetch=store.get_blob)
         ks.on_tuned = lambda decision, _store=store, _key=spec.key: _store.record_tuning(
             _key, [TuningChoice.of(decision)]

@@ -13,9 +13,16 @@ step never breaks that step's backward.
 
     flexsn::inference        (h, inputs, states, statics) -> outputs + state seqs
     flexsn::inference_final  (h, inputs, states, statics) -> outputs + final states
-    flexsn::training         (h, inputs, states, statics, store_state_seqs)
+    flexsn::training         (h, inputs, states, statics, store_state_seqs, recompute)
                              -> outputs + final states + [state seqs] + saved
-    flexsn::backward         (h, saved..., grads...) -> grads of inputs, states, statics
+    flexsn::backward         (h, shape, device, ..., saved..., grads...) -> grads of inputs, states, statics
+
+What the training op keeps for autograd is exactly what the backward kernel
+reads (the save plan): in stored mode the plan's inputs, outputs, state
+sequences and extra buffers (plus initial states and statics when read); with
+``recompute=True`` only the inputs and initial states -- the backward kernel
+regenerates the rest, and the forward writes no extras. Nothing else of the
+call stays alive: an input the plan does not read is not saved.
 
 ``states`` may be an empty list: the kernels then start from zeros without a
 zeros tensor (zero-state elision).
@@ -32,9 +39,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .contract import check_scan_call
 from .runtime import KernelSet, StaticArg, run_backward, run_forward, run_inference, run_inference_final
+from .runtime.index import PlanView
+from .settings import backward_mode
 from .spec import KernelSpec
 
 __all__ = [
@@ -47,6 +57,7 @@ __all__ = [
     "release_active",
     "attach_finalizer",
     "live_handles",
+    "choose_recompute",
 ]
 
 Resolver = Callable[[torch.device], KernelSet]
@@ -58,14 +69,22 @@ class KernelHandle:
 
     spec: KernelSpec
     resolve: Resolver
-    #: dtypes of the extra saved buffers of the training path
-    extras: tuple[torch.dtype, ...]
-    #: the backward reads state sequences, so training always returns them
-    needs_state_seqs: bool
+    #: the save plan: what the training path keeps for the backward kernel
+    plan: PlanView
     trainable: bool
     owner_refs: int = 1
     active_refs: int = 0
     _sets: dict[torch.device, KernelSet] = field(default_factory=dict)
+
+    @property
+    def extras(self) -> tuple[torch.dtype, ...]:
+        """dtypes of the extra saved buffers of the training path (stored mode)."""
+        return self.plan.extras
+
+    @property
+    def needs_state_seqs(self) -> bool:
+        """The backward reads state sequences in stored mode, so training returns them."""
+        return bool(self.plan.state_seqs)
 
     def kernels(self, device: torch.device) -> KernelSet:
         ks = self._sets.get(device)
@@ -81,10 +100,16 @@ _lib = torch.library.Library("flexsn", "DEF")
 _SCHEMAS = {
     "inference": "(int handle, Tensor[] inputs, Tensor[] states, Tensor[] statics) -> Tensor[]",
     "inference_final": "(int handle, Tensor[] inputs, Tensor[] states, Tensor[] statics) -> Tensor[]",
-    "training": "(int handle, Tensor[] inputs, Tensor[] states, Tensor[] statics, bool store_state_seqs) -> Tensor[]",
+    "training": (
+        "(int handle, Tensor[] inputs, Tensor[] states, Tensor[] statics, bool store_state_seqs, "
+        "bool recompute) -> Tensor[]"
+    ),
+    # Internal (called by the training op's autograd formula): only what the
+    # backward kernel reads is passed; ``shape``/``device`` describe the inputs.
     "backward": (
-        "(int handle, Tensor[] inputs, Tensor[] states, Tensor[] statics, Tensor[] outs, Tensor[] sseqs, "
-        "Tensor[] extras, Tensor?[] grad_outs, Tensor?[] grad_sseqs, Tensor?[] grad_finals) -> Tensor[]"
+        "(int handle, SymInt[] shape, Device device, bool with_states, bool recompute, Tensor?[] inputs, "
+        "Tensor[] states, Tensor[] statics, Tensor?[] outs, Tensor?[] sseqs, Tensor[] extras, "
+        "Tensor?[] grad_outs, Tensor?[] grad_sseqs, Tensor?[] grad_finals) -> Tensor[]"
     ),
 }
 for _name, _schema in _SCHEMAS.items():
@@ -113,8 +138,7 @@ def register_handle(spec: KernelSpec, resolve: Resolver, prototype: KernelSet) -
     handle = KernelHandle(
         spec=spec,
         resolve=resolve,
-        extras=tuple(prototype.extras),
-        needs_state_seqs=prototype.needs_state_seqs,
+        plan=prototype.plan,
         trainable=prototype.trainable,
     )
     with _lock:
@@ -215,8 +239,31 @@ def _state_like(x0: Tensor, n: int) -> list[Tensor]:
     return [x0.new_empty(x0.shape[1:]) for _ in range(n)]
 
 
-def _returns_seqs(handle: KernelHandle, store_state_seqs: bool) -> bool:
-    return store_state_seqs or handle.needs_state_seqs
+def _seq_indices(handle: KernelHandle, store_state_seqs: bool, recompute: bool) -> tuple[int, ...]:
+    """The states whose sequences the training op returns: all when stored, else those the backward reads."""
+    if store_state_seqs:
+        return tuple(range(handle.spec.num_states))
+    return () if recompute else handle.plan.state_seqs
+
+
+def choose_recompute(handle: int) -> bool:
+    """Whether a training call should use the recompute backward (``FLEXSN_BACKWARD``).
+
+    ``stored`` / ``recompute`` force a mode. ``auto`` (the default) recomputes
+    under ``torch.compile`` -- the op then keeps only its inputs, which Inductor
+    can rematerialize from what the layer before keeps anyway (a BatchNorm
+    output from the conv output) -- and in eager mode when that keeps fewer
+    bytes alive than the stored plan (e.g. a two-state neuron whose plan stores
+    a state sequence and an extra); otherwise the stored plan, which reads less.
+    """
+    mode = backward_mode()
+    h = lookup_handle(handle)
+    if mode != "auto" or not h.trainable:
+        return mode == "recompute" and h.trainable
+    if torch.compiler.is_compiling():
+        return True
+    plan = h.plan
+    return plan.held_bytes_per_step > len(plan.recompute_inputs) * h.spec.torch_dtype.itemsize
 
 
 # --------------------------------------------------------------------------
@@ -259,66 +306,87 @@ def _inference_final_fake(handle: int, inputs: list[Tensor], states: list[Tensor
 # --------------------------------------------------------------------------
 @_kernel("training")
 def training(
-    handle: int, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor], store_state_seqs: bool
+    handle: int,
+    inputs: list[Tensor],
+    states: list[Tensor],
+    statics: list[Tensor],
+    store_state_seqs: bool,
+    recompute: bool,
 ) -> list[Tensor]:
-    """Outputs, final states, state sequences (if stored or needed), saved buffers."""
+    """Outputs, final states, the returned state sequences, saved extras (none with ``recompute``)."""
     h = lookup_handle(handle)
     ks, xs, flat_states, prepared = _prepare(h, inputs, states, statics)
-    outs, sseqs, finals, extras = run_forward(ks, xs, flat_states, prepared, store_state_seqs=store_state_seqs)
+    outs, sseqs, finals, extras = run_forward(
+        ks, xs, flat_states, prepared, store_state_seqs=store_state_seqs, recompute=recompute
+    )
     result = [*outs, *finals]
-    if _returns_seqs(h, store_state_seqs):
+    indices = _seq_indices(h, store_state_seqs, recompute)
+    if indices:
         assert sseqs is not None
-        result += sseqs
+        result += [sseqs[j] for j in indices]  # type: ignore[misc]
     return result + extras
 
 
 @_fake("training")
 def _training_fake(
-    handle: int, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor], store_state_seqs: bool
+    handle: int,
+    inputs: list[Tensor],
+    states: list[Tensor],
+    statics: list[Tensor],
+    store_state_seqs: bool,
+    recompute: bool,
 ) -> list[Tensor]:
     h = lookup_handle(handle)
     _check(h, inputs, states, statics)
     spec, x0 = h.spec, inputs[0]
     result = _seq_like(x0, spec.num_outputs) + _state_like(x0, spec.num_states)
-    if _returns_seqs(h, store_state_seqs):
-        result += _seq_like(x0, spec.num_states)
-    return result + [x0.new_empty(x0.shape, dtype=dt) for dt in h.extras]
+    result += _seq_like(x0, len(_seq_indices(h, store_state_seqs, recompute)))
+    return result + ([] if recompute else [x0.new_empty(x0.shape, dtype=dt) for dt in h.plan.extras])
 
 
 @_kernel("backward")
 def backward(
     handle: int,
-    inputs: list[Tensor],
+    shape: list[int],
+    device: torch.device,
+    with_states: bool,
+    recompute: bool,
+    inputs: list[Tensor | None],
     states: list[Tensor],
     statics: list[Tensor],
-    outs: list[Tensor],
-    sseqs: list[Tensor],
+    outs: list[Tensor | None],
+    sseqs: list[Tensor | None],
     extras: list[Tensor],
     grad_outs: list[Tensor | None],
     grad_sseqs: list[Tensor | None],
     grad_finals: list[Tensor | None],
 ) -> list[Tensor]:
-    """Gradients of the inputs, the given initial states and the statics that require grad."""
+    """Gradients of the inputs, the given initial states (``with_states``) and the statics that require grad."""
     h = lookup_handle(handle)
-    ks, xs, flat_states, prepared = _prepare(h, inputs, states, statics)
+    ks = h.kernels(device)
+    elem = torch.Size(shape[1:])
+    prepared = [StaticArg.prepare(s, elem, ks.dtype, device) for s in statics]
 
     def maybe(gs: list[Tensor | None]) -> list[Tensor | None]:
         return [None if g is None else (g if g.is_contiguous() else g.contiguous()) for g in gs]
 
     g_in, g_init, g_st = run_backward(
         ks,
-        xs,
-        flat_states,
+        maybe(inputs),
+        maybe(states) if states else [None] * h.spec.num_states,  # type: ignore[arg-type]
         prepared,
-        _contiguous(outs),
-        _contiguous(sseqs) if sseqs else None,
+        maybe(outs),
+        maybe(sseqs),
         _contiguous(extras),
         maybe(grad_outs),
         maybe(grad_sseqs) or [None] * h.spec.num_states,
         maybe(grad_finals),
+        recompute=recompute,
+        shape=shape,
+        device=device,
     )
     result = [g for g in g_in if g is not None]
-    if states:
+    if with_states:
         result += [g for g in g_init if g is not None]
     return result + [g for g in g_st if g is not None]
 
@@ -326,11 +394,15 @@ def backward(
 @_fake("backward")
 def _backward_fake(
     handle: int,
-    inputs: list[Tensor],
+    shape: list[int],
+    device: torch.device,
+    with_states: bool,
+    recompute: bool,
+    inputs: list[Tensor | None],
     states: list[Tensor],
     statics: list[Tensor],
-    outs: list[Tensor],
-    sseqs: list[Tensor],
+    outs: list[Tensor | None],
+    sseqs: list[Tensor | None],
     extras: list[Tensor],
     grad_outs: list[Tensor | None],
     grad_sseqs: list[Tensor | None],
@@ -339,60 +411,91 @@ def _backward_fake(
     spec = lookup_handle(handle).spec
     req = spec.requires_grad or ()
     ni, ns = spec.num_inputs, spec.num_states
-    result = [x.new_empty(x.shape) for i, x in enumerate(inputs) if req[i]]
-    if states:
-        result += [s.new_empty(s.shape) for j, s in enumerate(states) if req[ni + j]]
+    dtype = spec.torch_dtype
+    result = [torch.empty(shape, dtype=dtype, device=device) for i in range(ni) if req[i]]
+    if with_states:
+        result += [torch.empty(shape[1:], dtype=dtype, device=device) for j in range(ns) if req[ni + j]]
     return result + [c.new_empty(c.shape) for k, c in enumerate(statics) if req[ni + ns + k]]
 
 
 def _setup_training(ctx: Any, inputs: tuple[Any, ...], output: list[Tensor]) -> None:
-    handle, xs, states, statics, store = inputs
+    """Save exactly what the backward kernel reads (see the module docstring)."""
+    handle, xs, states, statics, store, recompute = inputs
     h = lookup_handle(handle)
-    spec = h.spec
+    spec, plan = h.spec, h.plan
     no, ns = spec.num_outputs, spec.num_states
     outs = output[:no]
-    pos = no + ns
-    sseqs: list[Tensor] = []
-    if _returns_seqs(h, store):
-        sseqs = output[pos : pos + ns]
-        pos += ns
-    extras = output[pos:]
+    indices = _seq_indices(h, store, recompute)
+    returned = dict(zip(indices, output[no + ns : no + ns + len(indices)]))
+    extras = list(output[no + ns + len(indices) :])
+    if recompute:
+        keep_x, keep_states, keep_outs, keep_seqs = plan.recompute_inputs, plan.recompute_needs_init, (), ()
+    else:
+        keep_x, keep_states, keep_outs, keep_seqs = plan.inputs, plan.needs_init, plan.outputs, plan.state_seqs
+    saved_x = [x if i in keep_x else None for i, x in enumerate(xs)]
+    saved_states = list(states) if keep_states else []
+    saved_outs = [o if i in keep_outs else None for i, o in enumerate(outs)]
+    saved_seqs = [returned[j] if j in keep_seqs else None for j in range(ns)]
     retain_active(handle)
     # Released after the backward ran, or when the graph is freed without one.
     ctx.release = weakref.finalize(ctx, release_active, handle)
-    ctx.handle, ctx.store = handle, store
-    ctx.counts = (len(xs), len(states), len(statics), len(outs), len(sseqs), len(extras))
-    ctx.save_for_backward(*xs, *states, *statics, *outs, *sseqs, *extras)
+    ctx.handle, ctx.store, ctx.recompute = handle, store, recompute
+    ctx.shape, ctx.device, ctx.with_states = list(xs[0].shape), xs[0].device, bool(states)
+    ctx.layout = (
+        [x is not None for x in saved_x], len(saved_states), len(statics),
+        [o is not None for o in saved_outs], [q is not None for q in saved_seqs], len(extras),
+    )
+    present = [t for group in (saved_x, saved_states, statics, saved_outs, saved_seqs, extras) for t in group]
+    ctx.save_for_backward(*(t for t in present if t is not None))
+
+
+def _direct_call_ok(tensors: list[Tensor | None]) -> bool:
+    """True in plain eager autograd: the op's implementation may be called without the dispatcher.
+
+    Not while tracing (Dynamo, AOTAutograd, a dispatch mode) or with tensor
+    subclasses or functorch wrappers: those must see the op itself.
+    """
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    return all(
+        t is None or (type(t) is Tensor and not torch._C._functorch.is_functorch_wrapped_tensor(t)) for t in tensors
+    )
 
 
 def _backward_training(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, ...]:
     h = lookup_handle(ctx.handle)
     spec = h.spec
-    n_x, n_s, n_c, n_o, n_q, n_e = ctx.counts
-    saved = list(ctx.saved_tensors)
-    xs, saved = saved[:n_x], saved[n_x:]
-    states, saved = saved[:n_s], saved[n_s:]
-    statics, saved = saved[:n_c], saved[n_c:]
-    outs, saved = saved[:n_o], saved[n_o:]
-    sseqs, extras = saved[:n_q], saved[n_q:]
+    x_flags, n_states, n_statics, out_flags, seq_flags, n_extras = ctx.layout
+    saved = iter(ctx.saved_tensors)
+    xs = [next(saved) if f else None for f in x_flags]
+    states = [next(saved) for _ in range(n_states)]
+    statics = [next(saved) for _ in range(n_statics)]
+    outs = [next(saved) if f else None for f in out_flags]
+    sseqs = [next(saved) if f else None for f in seq_flags]
+    extras = [next(saved) for _ in range(n_extras)]
     no, ns = spec.num_outputs, spec.num_states
     grad_outs = list(grads[:no])
     grad_finals = list(grads[no : no + ns])
     grad_sseqs: list[Tensor | None] = [None] * ns
     if ctx.store:
         grad_sseqs = list(grads[no + ns : no + 2 * ns])
+    args = (
+        ctx.handle, ctx.shape, ctx.device, ctx.with_states, ctx.recompute,
+        xs, states, statics, outs, sseqs, extras, grad_outs, grad_sseqs, grad_finals,
+    )
+    # Eager: skip the dispatcher round trip (it costs more than a small kernel).
+    direct = _direct_call_ok([*xs, *states, *statics, *outs, *sseqs, *extras, *grads])
     try:
-        flat_grads = torch.ops.flexsn.backward.default(
-            ctx.handle, xs, states, statics, outs, sseqs, extras, grad_outs, grad_sseqs, grad_finals
-        )
+        flat_grads = (backward if direct else torch.ops.flexsn.backward.default)(*args)
     finally:
         ctx.release()
     req = spec.requires_grad or ()
+    n_x = len(x_flags)
     it = iter(flat_grads)
     g_x = [next(it) if req[i] else None for i in range(n_x)]
-    g_s = [next(it) if req[spec.num_inputs + j] else None for j in range(n_s)]
-    g_c = [next(it) if req[spec.num_inputs + ns + k] else None for k in range(n_c)]
-    return None, g_x, g_s, g_c, None
+    g_s = [next(it) if req[spec.num_inputs + j] else None for j in range(ns)] if ctx.with_states else []
+    g_c = [next(it) if req[spec.num_inputs + ns + k] else None for k in range(n_statics)]
+    return None, g_x, g_s, g_c, None, None
 
 
 torch.library.register_autograd("flexsn::training", _backward_training, setup_context=_setup_training, lib=_lib)

@@ -6,6 +6,7 @@
 | ``TRITON_INTERPRET`` | :func:`interpreter_enabled` | ``1``: run kernels on CPU tensors in Triton's interpreter | off |
 | ``FLEXSN_LAUNCHER`` | :func:`launcher_name` | ``driver`` (ctypes CUDA driver) or ``triton`` (Triton's launcher) | ``driver`` |
 | ``FLEXSN_AUTOTUNE`` | :func:`autotune_enabled` | ``0`` turns GPU autotuning off (default configs) | on |
+| ``FLEXSN_BACKWARD`` | :func:`backward_mode` | training backward: ``auto``, ``stored`` (read the save plan's buffers) or ``recompute`` (keep only inputs, rebuild the rest) | ``auto`` |
 
 The functions read the environment when called (tests change it with
 ``monkeypatch.setenv``), and each costs one dict lookup: cheap enough for the
@@ -21,10 +22,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir", "interpreter_enabled", "launcher_name", "autotune_enabled", "LAUNCHERS"]
+__all__ = [
+    "cache_dir", "interpreter_enabled", "launcher_name", "autotune_enabled", "backward_mode", "LAUNCHERS",
+    "BACKWARD_MODES",
+]
 
 #: Values ``FLEXSN_LAUNCHER`` may take.
 LAUNCHERS = ("driver", "triton")
+#: Values ``FLEXSN_BACKWARD`` may take.
+BACKWARD_MODES = ("auto", "stored", "recompute")
 
 _OFF = ("", "0")
 
@@ -55,3 +61,11 @@ def launcher_name() -> str:
     if name not in LAUNCHERS:
         raise ValueError(f"FLEXSN_LAUNCHER must be one of {', '.join(LAUNCHERS)}; got {name!r}")
     return name
+
+
+def backward_mode() -> str:
+    """How a training step keeps what its backward needs (``FLEXSN_BACKWARD``; see ``ops.choose_recompute``)."""
+    mode = os.environ.get("FLEXSN_BACKWARD", "").strip().lower() or "auto"
+    if mode not in BACKWARD_MODES:
+        raise ValueError(f"FLEXSN_BACKWARD must be one of {', '.join(BACKWARD_MODES)}; got {mode!r}")
+    return mode

@@ -275,7 +275,8 @@ def test_custom_ops_pass_opcheck() -> None:
     for op, args in (
         (torch.ops.flexsn.inference.default, (handle, [x], [v], [])),
         (torch.ops.flexsn.inference_final.default, (handle, [x], [], [])),
-        (torch.ops.flexsn.training.default, (handle, [x.requires_grad_()], [v.requires_grad_()], [], False)),
+        (torch.ops.flexsn.training.default, (handle, [x.requires_grad_()], [v.requires_grad_()], [], False, False)),
+        (torch.ops.flexsn.training.default, (handle, [x.requires_grad_()], [v.requires_grad_()], [], False, True)),
     ):
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 

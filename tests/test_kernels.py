@@ -204,8 +204,10 @@ def test_lif_backward_saves_one_tensor() -> None:
     ks = _kernel_set("lif_hard", torch.float32)
     plan = ks.manifest["plan"]
     assert [v["kind"] for v in plan["loads"]] == ["extra"]
-    assert plan["bytes_per_step"] == 8
+    assert plan["bytes_per_step"] == 8 and plan["held_bytes_per_step"] == 4
     assert not plan["needs_state_seqs"]
+    # recompute mode: only the input, the membrane sequence rebuilt in a scratch buffer
+    assert plan["recompute_inputs"] == [0] and plan["recompute_states"] == [0]
 
 
 def test_non_differentiable_output_has_no_tangent() -> None:
@@ -224,12 +226,91 @@ def test_unaligned_calls_never_get_aligned_binaries() -> None:
     assert _default_config_id(usable_configs(configs, True), True) == "b1024-w4-s1-a16"
 
 
-def test_low_precision_saves_exact_values_for_the_backward() -> None:
-    """bf16 steps run in fp32: what the backward recomputes from must be the fp32 values
-    (an fp32 extra), never a rounded output or state, or a threshold could flip."""
-    plan = _kernel_set("lif_hard", torch.bfloat16).manifest["plan"]
-    assert [(v["kind"], v["dtype"]) for v in plan["loads"]] == [("extra", "float32")]
-    for name in ("alif", "izhikevich", "two_inputs", "synaptic_refractory"):
-        loads = _kernel_set(name, torch.bfloat16).manifest["plan"]["loads"]
-        assert all(v["kind"] not in ("output", "state_new") for v in loads), (name, loads)
-        assert all(v["dtype"] == "float32" for v in loads if v["kind"] == "extra"), (name, loads)
+def test_saved_dtypes_follow_the_rounding_rule() -> None:
+    """bf16 steps run in fp32. What the backward recomputes a threshold from stays exact (fp32, or
+    a saved boolean); a value used only smoothly is kept in bf16; rounded outputs or new states are
+    never reloaded; fp16 extras stay fp32 (an fp32 intermediate may overflow fp16)."""
+
+    def loads(name: str, dtype: torch.dtype) -> list[tuple[str, str]]:
+        return [(v["kind"], v["dtype"]) for v in _kernel_set(name, dtype).manifest["plan"]["loads"]]
+
+    assert loads("lif_hard", torch.float32) == [("extra", "float32")]
+    # h in bf16 (sigmoid surrogate, reset multiplier) + the spike mask h >= th as one byte
+    assert loads("lif_hard", torch.bfloat16) == [("extra", "bfloat16"), ("extra", "bool")]
+    # relu(h) is an output whose backward compares it with 0: h stays exact
+    assert loads("two_inputs", torch.bfloat16) == [("extra", "float32")]
+    for name in sorted(MODELS):
+        for dtype in (torch.float16, torch.bfloat16):
+            plan = loads(name, dtype)
+            assert all(kind not in ("output", "state_new") for kind, _ in plan), (name, dtype, plan)
+            if dtype == torch.float16:
+                assert all(dt in ("float32", "bool") for kind, dt in plan if kind == "extra"), (name, plan)
+
+
+def _check_training(name: str, dtype: torch.dtype, T: int, *, recompute: bool, store_state_seqs: bool = False,
+                    prefetch: bool = True, programs: int | None = None) -> None:
+    """Forward + backward through the kernels vs autograd, giving the backward only what the mode keeps."""
+    model, ks, xs, inits, statics, prepared = _case(name, dtype, T, seed=11)
+    g_outs, g_seqs, g_fins = _random_grads(model, T, dtype, store_state_seqs)
+    ref = run_reference(model.core, model.num_outputs, xs, inits, statics, grads=(g_outs, g_seqs, g_fins))
+    flat_inits = [s.reshape(-1) for s in inits]
+    ks.interpreter_prefetch, ks.interpreter_programs = prefetch, programs
+    try:
+        outs, sseqs, finals, extras = run_forward(
+            ks, _flat(xs), flat_inits, prepared, store_state_seqs=store_state_seqs, recompute=recompute
+        )
+        plan = ks.plan
+        if recompute:
+            assert extras == []
+            keep_x, keep_init = plan.recompute_inputs, plan.recompute_needs_init
+            outs_kept, seqs_kept = [None] * len(outs), None
+        else:
+            keep_x, keep_init = plan.inputs, plan.needs_init
+            outs_kept = [o if i in plan.outputs else None for i, o in enumerate(outs)]
+            seqs_kept = [q if j in plan.state_seqs else None for j, q in enumerate(sseqs or [None] * len(inits))]
+        g_in, g_init, g_st = run_backward(
+            ks,
+            [x if i in keep_x else None for i, x in enumerate(_flat(xs))],
+            flat_inits if keep_init else [None] * len(inits),
+            prepared,
+            outs_kept,
+            seqs_kept,
+            extras,
+            _flat(g_outs),
+            [None if g is None else g.reshape(T, -1).contiguous() for g in g_seqs],
+            [g.reshape(-1) for g in g_fins],
+            recompute=recompute,
+            shape=(T, N),
+            device=torch.device("cpu"),
+        )
+    finally:
+        ks.interpreter_prefetch, ks.interpreter_programs = True, None
+    for i, (a, e) in enumerate(zip(_unflat(outs), ref["outs"])):
+        assert_close(a, e, dtype, f"training output {i}")
+    scale = 4.0 if dtype != torch.float32 else 1.0
+    for i, (a, e) in enumerate(zip(g_in, ref["grad_inputs"])):
+        assert_close(a.reshape(T, *SHAPE), e, dtype, f"grad of input {i}", scale)
+    for j, (a, e) in enumerate(zip(g_init, ref["grad_inits"])):
+        assert_close(a.reshape(SHAPE), e, dtype, f"grad of initial state {j}", scale)
+    for c, (a, e) in enumerate(zip(g_st, ref["grad_statics"])):
+        if model.static_grad[c]:
+            assert_close(a, e, dtype, f"grad of static input {c}", scale * 2)
+
+
+@pytest.mark.parametrize("T", [1, 6])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_recompute_backward_matches_autograd(name: str, dtype: torch.dtype, T: int) -> None:
+    """Recompute mode: the backward gets only the inputs and initial states, rebuilds the state
+    sequences in a first pass (the first in the input gradient's buffer) and the saved values per step."""
+    _check_training(name, dtype, T, recompute=True)
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recompute"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_without_prefetch_and_with_persistent_programs(name: str, dtype: torch.dtype, recompute: bool) -> None:
+    """The PREFETCH=False variant, and fewer programs than blocks (grid-stride, as a persistent launch):
+    the same results. 39 neurons in blocks of 16 are 3 blocks for 2 programs."""
+    _check_training(name, dtype, 5, recompute=recompute, prefetch=False)
+    _check_training(name, dtype, 5, recompute=recompute, store_state_seqs=True, programs=2)

@@ -36,9 +36,15 @@ class Config(BaseModel):
     num_warps: StrictInt = Field(gt=0)
     num_stages: StrictInt = Field(gt=0)
     aligned: StrictBool = Field(description="vector loads: runs only calls with 16-byte aligned pointers and N % 16 == 0")
+    prefetch: StrictBool = Field(default=False, description="loads each streamed buffer one time step ahead")
+    programs_per_sm: StrictInt = Field(
+        default=0, ge=0, description="> 0: a persistent launch of at most this many programs per multiprocessor"
+    )
 
     def to_config(self) -> KernelConfig:
-        return KernelConfig(self.block, self.num_warps, self.num_stages, self.aligned)
+        return KernelConfig(
+            self.block, self.num_warps, self.num_stages, self.aligned, self.prefetch, self.programs_per_sm
+        )
 
 
 class Binary(BaseModel):

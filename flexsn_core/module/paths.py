@@ -150,7 +150,7 @@ def kernel_forward(m: FlexSN, handle: int, args: Sequence[torch.Tensor]) -> list
     grad = torch.is_grad_enabled() and (requires_grad(inputs) or requires_grad(states) or requires_grad(statics))
     store = m.store_state_seqs
     if grad and ops.lookup_handle(handle).trainable:
-        res = torch.ops.flexsn.training(handle, inputs, states, statics, store)
+        res = torch.ops.flexsn.training(handle, inputs, states, statics, store, ops.choose_recompute(handle))
         m.states = list(res[no : no + ns])
         if store:
             m.state_seqs = list(res[no + ns : no + 2 * ns])
@@ -180,6 +180,6 @@ def run_kernel(
     inputs, states = list(args[:ni]), list(args[ni:])
     grad = torch.is_grad_enabled() and (requires_grad(args) or requires_grad(statics))
     if grad and ops.lookup_handle(handle).trainable:
-        res = torch.ops.flexsn.training(handle, inputs, states, list(statics), True)
+        res = torch.ops.flexsn.training(handle, inputs, states, list(statics), True, ops.choose_recompute(handle))
         return (*res[:no], *res[no + ns : no + 2 * ns])
     return tuple(torch.ops.flexsn.inference(handle, inputs, states, list(statics)))

@@ -6,9 +6,11 @@ Kept apart so CPU tests can stand in for a GPU by replacing these functions
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-__all__ = ["target", "stream", "device_index", "capturing"]
+__all__ = ["target", "stream", "device_index", "capturing", "sm_count"]
 
 
 def target(index: int) -> str:
@@ -30,3 +32,9 @@ def device_index(device: torch.device) -> int:
 def capturing() -> bool:
     """True while a CUDA graph is being captured (no benchmarking then)."""
     return torch.cuda.is_current_stream_capturing()
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(index: int) -> int:
+    """The device's multiprocessor count (persistent launches size their grid by it)."""
+    return int(torch.cuda.get_device_properties(index).multi_processor_count)

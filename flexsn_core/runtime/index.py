@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ..compile import KernelConfig
 from ..spec import KernelSpec
 
-__all__ = ["Binary", "KernelIndex"]
+__all__ = ["Binary", "KernelIndex", "PlanView"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,49 @@ class Binary:
     @property
     def sha256(self) -> str:
         return str(self.entry["sha256"])
+
+
+class PlanView(NamedTuple):
+    """The manifest's save plan, as the runtime and the ops use it (indices into inputs, outputs, states)."""
+
+    #: dtypes of the extra ``[T, N]`` buffers (stored mode)
+    extras: tuple[torch.dtype, ...] = ()
+    #: stored mode: the sequences the backward kernel reads
+    inputs: tuple[int, ...] = ()
+    outputs: tuple[int, ...] = ()
+    state_seqs: tuple[int, ...] = ()
+    #: stored mode reads the initial states
+    needs_init: bool = False
+    #: recompute mode: the inputs it reads, the states whose sequences it regenerates
+    recompute_inputs: tuple[int, ...] = ()
+    recompute_states: tuple[int, ...] = ()
+    #: bytes per neuron and step kept alive from forward to backward in stored mode
+    held_bytes_per_step: int = 0
+
+    @classmethod
+    def from_manifest(cls, plan: Mapping[str, Any] | None) -> PlanView:
+        if not plan:
+            return cls()
+        loads = plan.get("loads", [])
+
+        def indices(*kinds: str) -> tuple[int, ...]:
+            return tuple(sorted({int(v["index"]) for v in loads if v["kind"] in kinds}))
+
+        return cls(
+            extras=tuple(getattr(torch, v["dtype"]) for v in loads if v["kind"] == "extra"),
+            inputs=indices("input"),
+            outputs=indices("output"),
+            state_seqs=indices("state_prev", "state_new"),
+            needs_init=any(v["kind"] == "state_prev" for v in loads),
+            recompute_inputs=tuple(int(i) for i in plan.get("recompute_inputs", ())),
+            recompute_states=tuple(int(j) for j in plan.get("recompute_states", ())),
+            held_bytes_per_step=int(plan.get("held_bytes_per_step", 0)),
+        )
+
+    @property
+    def recompute_needs_init(self) -> bool:
+        """Recompute mode reads the initial states (its first pass starts from them)."""
+        return bool(self.recompute_states) or self.needs_init
 
 
 class KernelIndex:
@@ -45,12 +88,11 @@ class KernelIndex:
         self.arg_names: dict[str, list[str]] = {
             kind: [n for n, ty in params if ty != "constexpr"] for kind, params in self.params.items()
         }
-        plan = manifest.get("plan") or {}
+        #: the save plan: what the training forward keeps for the backward kernel
+        self.plan = PlanView.from_manifest(manifest.get("plan"))
         #: dtypes of the extra buffers the training forward saves for the backward
-        self.extras: list[torch.dtype] = [
-            getattr(torch, v["dtype"]) for v in plan.get("loads", []) if v["kind"] == "extra"
-        ]
-        self.needs_state_seqs = bool(plan.get("needs_state_seqs", False))
+        self.extras: list[torch.dtype] = list(self.plan.extras)
+        self.needs_state_seqs = bool(self.plan.state_seqs)
         self.differentiable_returns = tuple(manifest.get("differentiable_returns", ()))
         self._binaries: dict[tuple[str, str, str], Binary] = {}
         for entry in manifest.get("binaries", []):

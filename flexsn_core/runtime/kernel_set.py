@@ -68,6 +68,8 @@ class KernelSet:
         self.spec = index.spec
         self.dtype = index.dtype
         self.params = index.params
+        #: the save plan (stored and recompute modes of the backward)
+        self.plan = index.plan
         self.extras = index.extras
         self.needs_state_seqs = index.needs_state_seqs
         self.differentiable_returns = index.differentiable_returns
@@ -91,6 +93,10 @@ class KernelSet:
         self._lock = threading.Lock()
         self._dummy: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self.on_tuned: Callable[[dict[str, Any]], None] | None = None
+        #: interpreter launches: the PREFETCH constexpr, and a program count below
+        #: the block count to run the grid-stride loop as a persistent launch would
+        self.interpreter_prefetch = True
+        self.interpreter_programs: int | None = None
 
     # ------------------------------------------------------------ queries
     @property
@@ -134,15 +140,20 @@ class KernelSet:
 
     def _launch_interpreter(self, kind: str, args: list[Any], n: int) -> None:
         block = interpreter_block(n)
-        fn = self._interp.get((kind, block))
+        prefetch = self.interpreter_prefetch
+        fn = self._interp.get((kind, block, prefetch))
         if fn is None:
             if self._interpreter is None:
                 raise ArtifactError(
                     "CPU tensors need the interpreter (TRITON_INTERPRET=1) and locally generated source"
                 )
-            fn = self._interpreter.load({"kind": kind, "config": {"block": block}}, b"", self.params[kind], -1)
-            self._interp[(kind, block)] = fn
-        fn.launch((n + block - 1) // block, 0, args)
+            entry = {"kind": kind, "config": {"block": block, "prefetch": prefetch}}
+            fn = self._interpreter.load(entry, b"", self.params[kind], -1)
+            self._interp[(kind, block, prefetch)] = fn
+        grid = (n + block - 1) // block
+        if self.interpreter_programs:
+            grid = min(grid, self.interpreter_programs)
+        fn.launch(grid, 0, args)
 
     def _launch_cuda(self, kind: str, args: list[Any], n: int, device: torch.device) -> None:
         ptr_args = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
@@ -151,12 +162,13 @@ class KernelSet:
         choice = self._choices.get((kind, index, size_bucket(n), aligned))
         if choice is None:
             choice = self._choose(kind, index, n, aligned, ptr_args, device)
-        launch, block = choice
-        launch((n + block - 1) // block, _cuda.stream(device), ptr_args)
+        launch, block, cap = choice
+        grid = (n + block - 1) // block
+        launch(grid if not cap or grid <= cap else cap, _cuda.stream(device), ptr_args)
 
     def _choose(
         self, kind: str, index: int, n: int, aligned: bool, ptr_args: list[Any], device: torch.device
-    ) -> tuple[Any, int]:
+    ) -> tuple[Any, int, int]:
         """The binary for (kind, device, size bucket, alignment): tuned, autotuned now, or the default.
 
         Cached, so later calls in the bucket cost one dict lookup.
@@ -178,7 +190,9 @@ class KernelSet:
             else:
                 config_id = default_config_id(candidates, aligned)
         binary = self.index.binary(kind, target, config_id)
-        choice = (self._load(kind, target, binary, index).launch, binary.config.block)
+        config = binary.config
+        cap = config.programs_per_sm * _cuda.sm_count(index) if config.programs_per_sm > 0 else 0
+        choice = (self._load(kind, target, binary, index).launch, config.block, cap)
         self._choices[(kind, index, bucket, aligned)] = choice
         return choice
 
@@ -199,7 +213,7 @@ class KernelSet:
 
         def make_run(config: KernelConfig) -> Callable[[], None]:
             fn = self._load(kind, target, self.index.binary(kind, target, config.id), index)
-            grid = (n + config.block - 1) // config.block
+            grid = config.grid(n, _cuda.sm_count(index) if config.programs_per_sm > 0 else 0)
             return lambda: fn.launch(grid, stream, args)
 
         best, timings = autotune(candidates, make_run, self._timer, device, what=f"{kind} ({target})")

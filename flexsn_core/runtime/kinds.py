@@ -3,7 +3,7 @@
     run_inference        outputs + state sequences
     run_inference_final  outputs + final states
     run_forward          training: outputs, state sequences (if stored), final states, saved extras
-    run_backward         gradients of inputs, initial states and static inputs
+    run_backward         gradients of inputs, initial states and static inputs (stored or recompute mode)
 
 Kernels take data pointers and element counts: a contiguous ``[T, *shape]``
 tensor already is a ``[T, N]`` stream. Absent initial states and gradients are
@@ -132,57 +132,85 @@ def run_forward(
     statics: Sequence[StaticArg] = (),
     *,
     store_state_seqs: bool = True,
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, list[torch.Tensor], list[torch.Tensor]]:
-    """Training forward: outputs, state sequences (if stored), final states, saved extras.
+    recompute: bool = False,
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None] | None, list[torch.Tensor], list[torch.Tensor]]:
+    """Training forward: outputs, state sequences, final states, saved extras.
 
-    State sequences are stored when asked for or when the backward reads them.
+    State sequence ``j`` is stored when asked for, or (stored mode) when the
+    backward reads it; the result's ``sseqs`` has None for the others, and is
+    None when none is stored. With ``recompute`` the backward will rebuild what
+    it needs from the inputs: no extras are written (an empty list).
     """
     values, T, N, device = _common(ks, inputs, inits, statics)
     spec = ks.spec
     x0 = inputs[0]
-    store = store_state_seqs or ks.needs_state_seqs
+    ns = spec.num_states
+    needed = () if recompute else ks.plan.state_seqs
+    stored = [store_state_seqs or j in needed for j in range(ns)]
     outs = _empty_seq(x0, spec.num_outputs)
-    sseqs = _empty_seq(x0, spec.num_states) if store else None
-    extras = [torch.empty(x0.shape, dtype=dt, device=device) for dt in ks.extras]
+    sseqs: list[torch.Tensor | None] | None = [torch.empty_like(x0) if s else None for s in stored]
+    if not any(stored):
+        sseqs = None
+    extras = [] if recompute else [torch.empty(x0.shape, dtype=dt, device=device) for dt in ks.extras]
     if T == 0:
         return outs, sseqs, _finals_when_empty(inits, x0), extras
-    finals = [x0.new_empty(x0.shape[1:]) for _ in range(spec.num_states)]
-    dummy = ks.dummy(device)
+    finals = [x0.new_empty(x0.shape[1:]) for _ in range(ns)]
     values.update({f"out{i}": o for i, o in enumerate(outs)})
-    for j in range(spec.num_states):
-        values[f"sseq{j}"] = sseqs[j] if sseqs is not None else dummy
+    for j in range(ns):
+        seq = sseqs[j] if sseqs is not None else None
+        values[f"sseq{j}"] = seq if seq is not None else ks.dummy(device)
+        values[f"store_sseq{j}"] = 1 if seq is not None else 0
         values[f"fin{j}"] = finals[j]
-    values["store_sseq"] = 1 if store else 0
-    values.update({f"sav{m}": e for m, e in enumerate(extras)})
+    for m, dt in enumerate(ks.extras):
+        values[f"sav{m}"] = extras[m] if extras else ks.dummy(device, dt)
+    values["store_sav"] = 0 if recompute else 1
     ks.launch("forward", values, N, device)
     return outs, sseqs, finals, extras
 
 
 def run_backward(
     ks: KernelSet,
-    inputs: Sequence[torch.Tensor],
+    inputs: Sequence[torch.Tensor | None],
     inits: Sequence[torch.Tensor | None],
     statics: Sequence[StaticArg],
-    outs: Sequence[torch.Tensor],
-    sseqs: Sequence[torch.Tensor] | None,
+    outs: Sequence[torch.Tensor | None],
+    sseqs: Sequence[torch.Tensor | None] | None,
     extras: Sequence[torch.Tensor],
     grad_outs: Sequence[torch.Tensor | None],
     grad_sseqs: Sequence[torch.Tensor | None],
     grad_finals: Sequence[torch.Tensor | None],
+    *,
+    recompute: bool = False,
+    shape: Sequence[int] | None = None,
+    device: torch.device | None = None,
 ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None], list[torch.Tensor | None]]:
-    """Gradients of inputs, initial states and static inputs (None where not required)."""
-    values, T, N, device = _common(ks, inputs, inits, statics)
+    """Gradients of inputs, initial states and static inputs (None where not required).
+
+    Only what the backward kernel reads must be given: stored mode reads the
+    plan's inputs, outputs, state sequences and extras; recompute mode
+    (``recompute=True``) reads the plan's recompute inputs and the initial
+    states, and regenerates state sequences in scratch buffers of its own
+    (the input gradient's buffer doubles as the first one). Anything else may
+    be None (a dummy pointer is passed; the kernel never reads it). ``shape``
+    (``[T, *per-step shape]``) and ``device`` are needed when no input is given.
+    """
     spec = ks.spec
+    present = [t for t in (*inputs, *(outs or ()), *(sseqs or ()), *extras, *grad_outs, *grad_sseqs, *grad_finals)
+               if t is not None]
+    x0 = next((x for x in inputs if x is not None), None)
+    shape = torch.Size(shape if shape is not None else x0.shape)  # type: ignore[union-attr]
+    device = device or present[0].device
+    T, N = shape[0], math.prod(shape[1:])
+    dtype = ks.dtype
     req = spec.requires_grad or ()
     ni, ns, nc = spec.num_inputs, spec.num_states, spec.num_static
-    x0 = inputs[0]
     dummy = ks.dummy(device)
-    grad_in = [torch.empty_like(x0) if req[i] else None for i in range(ni)]
-    grad_init = [x0.new_empty(x0.shape[1:]) if req[ni + j] else None for j in range(ns)]
+    grad_in = [torch.empty(shape, dtype=dtype, device=device) if req[i] else None for i in range(ni)]
+    grad_init = [torch.empty(shape[1:], dtype=dtype, device=device) if req[ni + j] else None for j in range(ns)]
     grad_static_flat = [
         torch.zeros(N, dtype=torch.float32, device=device) if req[ni + ns + c] else None for c in range(nc)
     ]
-    if T == 0:
+    if T == 0 or N == 0:
         for j, g in enumerate(grad_init):
             if g is not None:
                 gf = grad_finals[j]
@@ -192,18 +220,40 @@ def run_backward(
             for c, g in enumerate(grad_static_flat)
         ]
         return grad_in, grad_init, grad_static  # type: ignore[return-value]
+    values: dict[str, Any] = {"T": T, "N": N, "recompute": 1 if recompute else 0}
+    for i in range(ni):
+        x = inputs[i] if i < len(inputs) else None
+        values[f"in{i}"] = x if x is not None else dummy
+    for j in range(ns):
+        s = inits[j] if j < len(inits) else None
+        values[f"init{j}"], values[f"init{j}_flag"] = (dummy, 0) if s is None else (s, 1)
+    for c, st in enumerate(statics):
+        values[f"st{c}"], values[f"st{c}_stride"] = st.tensor, st.stride
+    seqs: list[torch.Tensor | None] = list(sseqs) if sseqs is not None else [None] * ns
+    if recompute:
+        # Scratch for the regenerated state sequences; the first may live in the
+        # input gradient's buffer (read one row behind where the gradient is written).
+        spare = grad_in[0] if ni and grad_in[0] is not None else None
+        seqs = [None] * ns
+        for j in ks.plan.recompute_states:
+            if spare is not None:
+                seqs[j], spare = spare, None
+            else:
+                seqs[j] = torch.empty(shape, dtype=dtype, device=device)
     for i in range(spec.num_outputs):
-        values[f"out{i}"] = outs[i]
+        o = outs[i] if outs and i < len(outs) else None
+        values[f"out{i}"] = o if o is not None else dummy
         g = grad_outs[i]
         values[f"gout{i}"] = dummy if g is None else g
         values[f"gout{i}_flag"] = 0 if g is None else 1
     for j in range(ns):
-        values[f"sseq{j}"] = sseqs[j] if sseqs is not None else dummy
+        values[f"sseq{j}"] = seqs[j] if seqs[j] is not None else dummy
         for name, g in ((f"gsseq{j}", grad_sseqs[j]), (f"gfin{j}", grad_finals[j])):
             values[name] = dummy if g is None else g
             values[f"{name}_flag"] = 0 if g is None else 1
         values[f"ginit{j}"] = grad_init[j] if grad_init[j] is not None else dummy
-    values.update({f"sav{m}": e for m, e in enumerate(extras)})
+    for m, dt in enumerate(ks.extras):
+        values[f"sav{m}"] = extras[m] if m < len(extras) else ks.dummy(device, dt)
     for i in range(ni):
         values[f"gin{i}"] = grad_in[i] if grad_in[i] is not None else dummy
     for c in range(nc):

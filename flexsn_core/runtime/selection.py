@@ -72,6 +72,7 @@ def record_choice(
 
 #: ``(kind, device index, size bucket, aligned)``
 ChoiceKey = tuple[str, int, int, bool]
-#: the chosen launch per key: ``(launchable.launch, block)``. A plain dict: the
-#: hot path costs one lookup, ``choices.get((kind, index, size_bucket(n), aligned))``.
-ChoiceCache = dict[ChoiceKey, tuple[Any, int]]
+#: the chosen launch per key: ``(launchable.launch, block, program cap)`` (cap 0:
+#: one program per block; else a persistent launch's most programs). A plain
+#: dict: the hot path costs one lookup, ``choices.get((kind, index, size_bucket(n), aligned))``.
+ChoiceCache = dict[ChoiceKey, tuple[Any, int, int]]

@@ -24,12 +24,13 @@ def interpreter_block(n: int) -> int:
 
 
 class InterpretedKernel:
-    def __init__(self, fn: Any, block: int) -> None:
+    def __init__(self, fn: Any, block: int, prefetch: bool = False) -> None:
         self.fn = fn
         self.block = block
+        self.prefetch = prefetch
 
     def launch(self, grid: int, stream: int, args: Sequence[Any]) -> None:
-        self.fn[(grid,)](*args, BLOCK=self.block, INTERPRET=True)
+        self.fn[(grid,)](*args, BLOCK=self.block, INTERPRET=True, PREFETCH=self.prefetch)
 
 
 class InterpreterLauncher(Launcher):
@@ -50,4 +51,5 @@ class InterpreterLauncher(Launcher):
             module = load_generated_module(self.generated)
             fn = InterpretedFunction(getattr(module, self.generated.kernels[kind].name))
             self._functions[kind] = fn
-        return InterpretedKernel(fn, int(entry["config"]["block"]))
+        config = entry["config"]
+        return InterpretedKernel(fn, int(config["block"]), bool(config.get("prefetch", False)))
