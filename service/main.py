@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # One build per (key, targets) across the replicas and workers sharing the store.
         replica = f"{socket.gethostname()}-{os.getpid()}"
         leases = leases_for(store, replica=replica, lease_s=settings.build_lease_s,
-                            folder=(settings.store_directory or work_root.parent) / "leases")
+                            folder=work_root / "leases")  # beside the replicas' work folders, shared by them
         limit = SizeLimit(store, settings.max_bytes, leases) if settings.max_bytes else None
         manager = BuildManager(
             store,
