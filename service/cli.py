@@ -70,6 +70,8 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="port (default 8000)")] = None,
     store: Annotated[Optional[str], typer.Option(help="store URL (default disk:./flexsn-store)")] = None,
     workers: Annotated[Optional[int], typer.Option(help="builds running at once")] = None,
+    http_workers: Annotated[Optional[int], typer.Option(
+        "--http-workers", help="uvicorn worker processes (default 1; FLEXSN_SERVICE_HTTP_WORKERS)")] = None,
 ) -> None:
     """Run the cache service (works on a fresh machine: embedded store in a local folder)."""
     require_extra("serve")
@@ -78,7 +80,8 @@ def serve(
     from .config import Settings
     from .main import create_app
 
-    overrides = {k: v for k, v in {"host": host, "port": port, "store": store, "workers": workers}.items() if v is not None}
+    overrides = {k: v for k, v in {"host": host, "port": port, "store": store, "workers": workers,
+                                   "http_workers": http_workers}.items() if v is not None}
     try:
         settings = Settings(**overrides)
     except ValueError as exc:
@@ -91,7 +94,17 @@ def serve(
         )
         bind = "127.0.0.1"
     console.print(f"flexsn-cache serving on http://{bind}:{settings.port} (store {settings.store}, docs at /docs)")
-    uvicorn.run(create_app(settings), host=bind, port=settings.port, log_config=None, access_log=False)
+    if settings.http_workers == 1:
+        uvicorn.run(create_app(settings), host=bind, port=settings.port, log_config=None, access_log=False)
+        return
+    # Several worker processes: uvicorn imports the app in each, so the settings travel as environment
+    # variables. Each worker runs its own builds; the store's build leases keep one build per spec.
+    import os
+
+    for name, value in overrides.items():
+        os.environ[f"FLEXSN_SERVICE_{name.upper()}"] = str(value)
+    uvicorn.run("flexsn_service.main:create_app", factory=True, workers=settings.http_workers, host=bind,
+                port=settings.port, log_config=None, access_log=False)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
