@@ -3,6 +3,7 @@
 Public API (everything else is internal and may change)::
 
     from flexsn_core import FlexSN, FlexSNKernel, KernelSpec, flex_sn_scan, counters
+    from flexsn_core import surrogate   # surrogate spike functions: surrogate.Sigmoid(alpha=4.0), ...
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .errors import (
     IntegrityError,
     UnsupportedOpError,
 )
-from . import functional
+from . import functional, surrogate
 from .hop import flex_sn_scan
 from .memory import MemoryModule
 from .module import FlexSN, FlexSNKernel
@@ -39,6 +40,7 @@ __all__ = [
     "FlexSNKernel",
     "flex_sn_scan",
     "functional",
+    "surrogate",
     "MemoryModule",
     "KernelSpec",
     "KernelSet",

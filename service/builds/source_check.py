@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import ast
 import symtable
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -148,11 +148,17 @@ class _Binding:
 class _Checker:
     """One pass over the tree with an explicit stack (no recursion, so no depth can crash it)."""
 
-    def __init__(self, allow: Allowlists, limits: CheckLimits) -> None:
+    def __init__(self, allow: Allowlists, limits: CheckLimits, declared: Mapping[str, Any] | None = None) -> None:
         self.allow = allow
         self.limits = limits
         #: module-level names: what each one is bound to
         self.globals: dict[str, _Binding] = {}
+        #: names the spec defines outside the source (its surrogates): None for a value, else a
+        #: namespace's member names (the surrogate module)
+        self.declared = dict(declared or {})
+        self.declared_members = {
+            f"<{name}>": frozenset(members) for name, members in self.declared.items() if members is not None
+        }
         #: lines each name is read on, and where each scope (def, lambda, comprehension) ends:
         #: to point symtable's findings at the right line
         self.uses: dict[str, list[int]] = {}
@@ -202,6 +208,8 @@ class _Checker:
     # ---------------------------------------------------------- module level
     def bind_module(self, tree: ast.Module) -> None:
         """Bind every module-level name (so a function may use an import written below it)."""
+        for name, members in self.declared.items():
+            self.globals[name] = _Binding("value") if members is None else _Binding("module", f"<{name}>")
         for stmt in tree.body:
             if isinstance(stmt, ast.Import):
                 for alias in stmt.names:
@@ -236,6 +244,9 @@ class _Checker:
                 self._walk(stmt.value, "static")
 
     def _bind(self, name: str, binding: _Binding, node: ast.AST) -> None:
+        if name in self.declared:
+            raise SourceRejected(f"{name!r} is a surrogate the spec declares; the source must not define it",
+                                 _line(node))
         if _is_dunder(name):
             raise SourceRejected(f"the name {name!r} is not allowed in a core", _line(node))
         old = self.globals.get(name)
@@ -448,7 +459,7 @@ class _Checker:
         line = line if node is None else _line(node)
         if name.startswith("_"):
             raise SourceRejected(f"private attribute {dotted!r} is not allowed", line)
-        if name in self.allow.members.get(module, frozenset()):
+        if name in self.allow.members.get(module, frozenset()) or name in self.declared_members.get(module, ()):
             return
         if module == "math":
             raise SourceRejected(f"{dotted!r} is not a math function or constant", line)
@@ -539,16 +550,20 @@ def _check_arity(tree: ast.Module, entry: str, counts: dict[str, int]) -> None:
 
 
 def check_source_text(
-    source: str, entry: str, counts: dict[str, int], allow: Allowlists, limits: CheckLimits = CheckLimits()
+    source: str, entry: str, counts: dict[str, int], allow: Allowlists, limits: CheckLimits = CheckLimits(),
+    declared: Mapping[str, Any] | None = None,
 ) -> None:
     """Raise SourceRejected unless ``source`` is a core the rules above allow.
 
-    ``counts`` holds ``num_inputs``, ``num_states`` and ``num_static``. Never
-    raises anything else for any text (tested with pathological inputs).
+    ``counts`` holds ``num_inputs``, ``num_states`` and ``num_static``.
+    ``declared`` (``KernelSpec.external_names()``) names what the spec defines
+    outside the source, its surrogates: ``None`` for a value, or the member names
+    of a namespace. Never raises anything else for any text (tested with
+    pathological inputs).
     """
     _check_limits(source, limits)
     tree = _parse(source)
-    checker = _Checker(allow, limits)
+    checker = _Checker(allow, limits, declared)
     try:
         checker.scan(tree)
         checker.bind_module(tree)
@@ -564,4 +579,5 @@ def check_source_text(
 def check_source(spec: KernelSpec, *, max_bytes: int = 200_000) -> None:
     """Raise SourceRejected if ``spec.source`` breaks the rules (synchronous; imports torch)."""
     counts = {"num_inputs": spec.num_inputs, "num_states": spec.num_states, "num_static": spec.num_static}
-    check_source_text(spec.source, spec.entry, counts, default_allowlists(), CheckLimits(max_bytes=max_bytes))
+    check_source_text(spec.source, spec.entry, counts, default_allowlists(), CheckLimits(max_bytes=max_bytes),
+                      spec.external_names())
