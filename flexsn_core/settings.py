@@ -6,6 +6,7 @@
 | ``TRITON_INTERPRET`` | :func:`interpreter_enabled` | ``1``: run kernels on CPU tensors in Triton's interpreter | off |
 | ``FLEXSN_LAUNCHER`` | :func:`launcher_name` | ``driver`` (ctypes CUDA driver) or ``triton`` (Triton's launcher) | ``driver`` |
 | ``FLEXSN_AUTOTUNE`` | :func:`autotune_enabled` | ``0`` turns GPU autotuning off (default configs) | on |
+| ``FLEXSN_HOP_LOWERING`` | :func:`hop_lowering` | the HOP path's time loop inside ``torch.compile`` without grad: ``unroll``, ``while_loop`` or ``scan`` | ``unroll`` |
 
 The functions read the environment when called (tests change it with
 ``monkeypatch.setenv``), and each costs one dict lookup: cheap enough for the
@@ -21,10 +22,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir", "interpreter_enabled", "launcher_name", "autotune_enabled", "LAUNCHERS"]
+__all__ = ["cache_dir", "interpreter_enabled", "launcher_name", "autotune_enabled", "hop_lowering", "LAUNCHERS",
+           "HOP_LOWERINGS"]
 
 #: Values ``FLEXSN_LAUNCHER`` may take.
 LAUNCHERS = ("driver", "triton")
+
+#: Values ``FLEXSN_HOP_LOWERING`` may take.
+HOP_LOWERINGS = ("unroll", "while_loop", "scan")
 
 _OFF = ("", "0")
 
@@ -54,4 +59,14 @@ def launcher_name() -> str:
     name = os.environ.get("FLEXSN_LAUNCHER", "").strip().lower() or "driver"
     if name not in LAUNCHERS:
         raise ValueError(f"FLEXSN_LAUNCHER must be one of {', '.join(LAUNCHERS)}; got {name!r}")
+    return name
+
+
+def hop_lowering() -> str:
+    """How ``FlexSN(backend="hop")`` loops over time inside ``torch.compile`` without grad
+    (``FLEXSN_HOP_LOWERING``): ``"unroll"`` (default), ``"while_loop"`` or ``"scan"``
+    (see :mod:`flexsn_core.hop_lowerable`). Read while Dynamo traces, so a change needs a recompile."""
+    name = os.environ.get("FLEXSN_HOP_LOWERING", "").strip().lower() or "unroll"
+    if name not in HOP_LOWERINGS:
+        raise ValueError(f"FLEXSN_HOP_LOWERING must be one of {', '.join(HOP_LOWERINGS)}; got {name!r}")
     return name

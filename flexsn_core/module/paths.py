@@ -18,7 +18,8 @@ import torch
 
 from .. import ops
 from ..contract import as_tuple
-from ..hop import eager_scan, eager_scan_final_state, empty_outputs, flex_sn_scan
+from ..hop import eager_scan_final_state, empty_outputs, flex_sn_scan
+from ..hop_lowerable import compiled_scan
 from ..settings import interpreter_enabled
 
 if TYPE_CHECKING:
@@ -80,9 +81,10 @@ def hop_forward(m: FlexSN, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     if m.states is None:
         m.states = m.init_states(m.num_states, "m", *args)
     flat = [*args, *(s.contiguous() for s in m.states), *m.static_tensors()]
-    scan = flex_sn_scan if m.store_state_seqs else eager_scan_final_state
-    if m.store_state_seqs and torch.compiler.is_compiling():
-        scan = eager_scan  # the HOP has no Dynamo rule yet; trace the loop instead
+    if torch.compiler.is_compiling():
+        scan = compiled_scan(m.store_state_seqs)
+    else:
+        scan = flex_sn_scan if m.store_state_seqs else eager_scan_final_state
     results = scan(
         m.core, m.num_inputs, m.num_states, m.num_outputs, *flat,
         output_template_specs=m._output_templates,
