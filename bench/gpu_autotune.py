@@ -63,8 +63,10 @@ def main() -> None:
         if out.returncode:
             sys.exit(f"{label} failed:\n{out.stderr[-4000:]}")
         print(json.dumps({"run": label, **json.loads(out.stdout.strip().splitlines()[-1])}), flush=True)
-    manifests = list(Path(cache, "artifacts", "manifests").glob("*.json"))
-    tuning = json.loads(manifests[0].read_text())["tuning"]
+    from flexsn_core.local import LocalStore
+
+    store = LocalStore(Path(cache, "artifacts"))  # a stored manifest is a digest line + JSON: read it through the store
+    tuning = store.get_manifest(next(store.iter_manifest_keys()))["tuning"]
     print(json.dumps({"stored_tuning": tuning}), flush=True)
 
 

@@ -11,6 +11,10 @@ Two measurements of ``KernelSet.launch`` on an sm_90 stand-in (LIF,
   stand-in for libcuda compiled on the fly (needs ``cc``): adds the ctypes
   calls, including the per-launch context check of issue #11.
 
+And the call-time validation every eager call runs before it launches
+(``flexsn_core.contract.check_scan_call``, issue #11), for LIF (one input,
+one state) and for a two-input core with a per-neuron static input.
+
 Prints one JSON line per measurement: microseconds per call (median and best
 of the repeats).
 """
@@ -118,6 +122,20 @@ def main() -> int:
             print(json.dumps({"launcher": name, "us_per_call_median": round(statistics.median(per_call), 3),
                               "us_per_call_best": round(min(per_call), 3), "calls": opts.calls,
                               "repeats": opts.repeats}))
+
+    from flexsn_core.contract import check_scan_call
+
+    static = torch.zeros(n)
+    for name, args in (("lif", ([x], [fin], [], 1, 1, 0)), ("two_inputs_static", ([x, x], [fin], [static], 2, 1, 1))):
+        per_call = []
+        for _ in range(opts.repeats):
+            start = time.process_time()
+            for _ in range(opts.calls):
+                check_scan_call(*args)
+            per_call.append((time.process_time() - start) / opts.calls * 1e6)
+        print(json.dumps({"check": f"check_scan_call {name}", "us_per_call_median": round(statistics.median(per_call), 3),
+                          "us_per_call_best": round(min(per_call), 3), "calls": opts.calls,
+                          "repeats": opts.repeats}))
     return 0
 
 

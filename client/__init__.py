@@ -5,14 +5,33 @@
     client.get_or_build(spec, progress=True)
 
 ``FlexSN(core, ..., backend="remote-cache")`` uses it for you.
+
+Names are imported on first use (PEP 562): ``flexsn_client.cli`` (the
+``flexsn-cache`` command) imports this package, and ``--help``, ``--version``,
+``ls`` and ``stats`` must not pay for torch.
 """
 
 from __future__ import annotations
 
-from .api import ServiceAPI, SpecRejectedError
-from .cache import KernelCacheClient
-from .provider import KernelCacheWarning, RemoteProvider, remote_provider
-from .settings import ClientSettings
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import ServiceAPI, SpecRejectedError
+    from .cache import KernelCacheClient
+    from .provider import KernelCacheWarning, RemoteProvider, remote_provider
+    from .settings import ClientSettings
+
+#: public name -> the submodule that defines it
+_LAZY = {
+    "KernelCacheClient": ".cache",
+    "ServiceAPI": ".api",
+    "SpecRejectedError": ".api",
+    "KernelCacheWarning": ".provider",
+    "RemoteProvider": ".provider",
+    "remote_provider": ".provider",
+    "ClientSettings": ".settings",
+}
 
 __all__ = [
     "KernelCacheClient",
@@ -23,3 +42,16 @@ __all__ = [
     "remote_provider",
     "ClientSettings",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'flexsn_client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

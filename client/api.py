@@ -1,12 +1,21 @@
 """The HTTP API of the cache service, as Python calls (httpx).
 
-Every call has a timeout; idempotent calls (GETs, and the POST of a spec,
-which is idempotent by key) are retried with exponential backoff on
-connection errors and 5xx answers. Errors are translated at this boundary:
+Every call has a timeout, and so has every wait for a build; idempotent calls
+(GETs, and the POST of a spec, which is idempotent by key) are retried with
+exponential backoff on 5xx answers and read errors, once on a refused or
+timed-out connection. After a call finally fails for want of the service, the
+API marks it unavailable for ``unavailable_s`` (``FLEXSN_CACHE_RETRY_AFTER_S``,
+60 s): calls in that window fail at once instead of each paying the retries
+(PyTorch's remote caches do the same: cache trouble must not stall a job).
+Errors are translated at this boundary:
 
-    connection refused / timeout / 5xx  -> CacheUnavailableError
-    401 / 403                           -> AuthError
-    422 on a build request              -> SpecRejectedError (bad spec) or BuildFailedError
+    connection refused / timeout / 5xx     -> CacheUnavailableError (and the service is marked unavailable)
+    a build wait past its limit            -> CacheUnavailableError
+    401 / 403                              -> AuthError
+    422 on a build request (spec, source)  -> SpecRejectedError
+    a failed build (422 with wait, or the
+    build status)                          -> the CoreError it reports (UnsupportedOpError with .op and
+                                              .line, CoreTraceError, ...), else BuildFailedError
 """
 
 from __future__ import annotations
@@ -14,22 +23,80 @@ from __future__ import annotations
 import io
 import random
 import tarfile
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from flexsn_core.errors import AuthError, BuildFailedError, CacheUnavailableError, FlexSNError
-from flexsn_core.spec import KernelSpec
+from flexsn_core.errors import (
+    AuthError,
+    BuildFailedError,
+    CacheUnavailableError,
+    CoreCaptureError,
+    CoreError,
+    CoreReturnTypeError,
+    CoreSignatureError,
+    CoreSourceError,
+    CoreTraceError,
+    FlexSNError,
+    UnsupportedOpError,
+)
 
-__all__ = ["ServiceAPI", "SpecRejectedError", "DEFAULT_TIMEOUT"]
+if TYPE_CHECKING:  # a spec is only read here (spec.to_dict()); ls and stats must not import torch
+    from flexsn_core.spec import KernelSpec
+
+__all__ = [
+    "ServiceAPI", "SpecRejectedError", "DEFAULT_TIMEOUT", "DEFAULT_UNAVAILABLE_S", "DEFAULT_BUILD_WAIT_S",
+    "build_error",
+]
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+#: how long a service that failed a call is skipped (FLEXSN_CACHE_RETRY_AFTER_S)
+DEFAULT_UNAVAILABLE_S = 60.0
+#: the longest wait for one build (FLEXSN_CACHE_BUILD_WAIT_S): the service's own build limit is 300 s
+DEFAULT_BUILD_WAIT_S = 900.0
 
 
 class SpecRejectedError(FlexSNError, ValueError):
     """The service refused the spec or its source (HTTP 422)."""
+
+
+#: errors a failed build may report that the client raises as themselves (what a local build raises)
+_CORE_ERRORS: dict[str, type[CoreError]] = {
+    cls.__name__: cls
+    for cls in (CoreSourceError, CoreCaptureError, CoreSignatureError, CoreReturnTypeError, CoreTraceError)
+}
+
+
+def build_error(detail: dict[str, Any], url: str) -> FlexSNError:
+    """The error a failed build stands for: the core's own error where the service names one.
+
+    ``detail`` is a build status (``GET /v1/builds/{id}``) or the detail of a
+    422 answer to ``POST /v1/kernels?wait=true``. A core that breaks the contract
+    raises what ``backend="triton"`` raises for it (same type, same message),
+    so a user sees the same error whichever backend built the kernels.
+    """
+    error_type = str(detail.get("error_type") or "")
+    message = str(detail.get("error") or detail.get("message") or "the build failed")
+    message = message.removeprefix("the build failed: ")
+    if error_type == "UnsupportedOpError":
+        line = detail.get("error_line")
+        return UnsupportedOpError(
+            message, op=str(detail.get("error_op") or "unknown"), line=line if isinstance(line, int) else None
+        )
+    if error_type in _CORE_ERRORS:
+        return _CORE_ERRORS[error_type](message)
+    if error_type == "SourceRejected":
+        return SpecRejectedError(f"the kernel cache at {url} rejected the core source: {message}")
+    tail = tuple(str(line) for line in detail.get("log_tail") or ())
+    user = detail.get("user_error")
+    return BuildFailedError(
+        f"the kernel cache at {url} could not build the kernels ({error_type or 'unknown error'}): {message}"
+        + ("\n" + "\n".join(tail[-10:]) if tail else ""),
+        build_id=detail.get("build_id"), user_error=bool(user), error_type=error_type or None, log_tail=tail,
+    )
 
 
 def _detail(response: httpx.Response) -> Any:
@@ -50,14 +117,42 @@ class ServiceAPI:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         retries: int = 3,
         transport: httpx.BaseTransport | None = None,
+        unavailable_s: float = DEFAULT_UNAVAILABLE_S,
+        build_wait_s: float = DEFAULT_BUILD_WAIT_S,
     ) -> None:
         self.url = url.rstrip("/")
         headers = {"User-Agent": "flexsn-cache-client/1"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.retries = retries
+        self.unavailable_s = unavailable_s
+        self.build_wait_s = build_wait_s
         self._options = {"headers": headers, "timeout": timeout, "transport": transport}
         self._client: httpx.Client | None = None
+        #: how many times the service was marked unavailable (a provider warns once per outage)
+        self.outages = 0
+        self._down_until = 0.0
+        self._down_reason = ""
+        self._down_lock = threading.Lock()
+
+    # ------------------------------------------------------------ availability
+    def unavailable(self) -> bool:
+        """True while the service is skipped after a failure (see the module docstring)."""
+        return time.monotonic() < self._down_until
+
+    def _mark_unavailable(self, reason: str) -> None:
+        with self._down_lock:
+            if not self.unavailable():
+                self.outages += 1
+            self._down_until = time.monotonic() + self.unavailable_s
+            self._down_reason = reason
+
+    def _unavailable_error(self) -> CacheUnavailableError:
+        left = max(0.0, self._down_until - time.monotonic())
+        return CacheUnavailableError(
+            f"the kernel cache at {self.url} is skipped for another {left:.0f} s after a failure "
+            f"({self._down_reason}); FLEXSN_CACHE_RETRY_AFTER_S sets how long"
+        )
 
     @property
     def _http(self) -> httpx.Client:
@@ -80,16 +175,23 @@ class ServiceAPI:
 
     # ------------------------------------------------------------ plumbing
     def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any) -> httpx.Response:
+        if self.unavailable():
+            raise self._unavailable_error()
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                if attempt == self.retries:
-                    raise CacheUnavailableError(
+                # A refused or timed-out connection is retried once, not `retries` times: a service
+                # that is down stays down, and every attempt costs the job time.
+                connecting = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+                if attempt == self.retries or (connecting and attempt >= 1):
+                    error = CacheUnavailableError(
                         f"cannot reach the kernel cache at {self.url} ({type(exc).__name__}: {exc}); "
                         "check FLEXSN_CACHE_URL and that the service is running"
-                    ) from exc
+                    )
+                    self._mark_unavailable(f"{type(exc).__name__}: {exc}")
+                    raise error from exc
             else:
                 if response.status_code in ok:
                     return response
@@ -101,6 +203,7 @@ class ServiceAPI:
                 if response.status_code < 500:
                     return response
                 if attempt == self.retries:
+                    self._mark_unavailable(f"it answered {response.status_code}")
                     raise CacheUnavailableError(
                         f"the kernel cache at {self.url} answered {response.status_code}: {_detail(response)}"
                     )
@@ -114,7 +217,8 @@ class ServiceAPI:
     ) -> tuple[int, dict[str, Any]]:
         """POST a spec: ``(200, manifest)`` if cached (or built with ``wait``), ``(202, build)`` otherwise."""
         body = {**spec.to_dict(), "targets": targets}
-        timeout = None if wait else self._http.timeout
+        # The service answers a waiting request within its build limit + 60 s (then 202): wait a bit longer.
+        timeout = httpx.Timeout(self.build_wait_s + 60.0, connect=5.0) if wait else self._http.timeout
         response = self._call(
             "POST", "/v1/kernels", params={"wait": "true" if wait else "false"}, json=body, ok=(200, 202),
             timeout=timeout,
@@ -122,8 +226,8 @@ class ServiceAPI:
         if response.status_code == 422:
             detail = _detail(response)
             if isinstance(detail, dict) and "build_id" in detail:
-                raise BuildFailedError(str(detail.get("message")))
-            raise SpecRejectedError(str(detail))
+                raise build_error({**detail, "user_error": True}, self.url)
+            raise SpecRejectedError(f"the kernel cache at {self.url} rejected the spec: {detail}")
         if response.status_code not in (200, 202):
             raise CacheUnavailableError(f"unexpected answer {response.status_code}: {_detail(response)}")
         return response.status_code, response.json()
@@ -146,8 +250,13 @@ class ServiceAPI:
         timeout_s: float | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll a build until it ends; the final status, or BuildFailedError."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        """Poll a build until it ends, for at most ``timeout_s`` (default ``build_wait_s``).
+
+        Returns the final status; a failed build raises :func:`build_error`'s
+        error, a build still running at the deadline CacheUnavailableError.
+        """
+        timeout_s = self.build_wait_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
         while True:
             status = self.get_build(build_id)
             if on_progress is not None:
@@ -155,10 +264,12 @@ class ServiceAPI:
             if status["state"] == "succeeded":
                 return status
             if status["state"] == "failed":
-                tail = "\n".join(status.get("log_tail") or [])
-                raise BuildFailedError(f"the build failed: {status['error']}" + (f"\n{tail}" if tail else ""))
-            if deadline is not None and time.monotonic() > deadline:
-                raise BuildFailedError(f"build {build_id} still {status['state']} after {timeout_s} s")
+                raise build_error(status, self.url)
+            if time.monotonic() > deadline:
+                raise CacheUnavailableError(
+                    f"the kernel cache at {self.url} did not finish build {build_id} within {timeout_s:g} s "
+                    f"(still {status['state']}); FLEXSN_CACHE_BUILD_WAIT_S sets the limit"
+                )
             time.sleep(poll_s)
 
     def list_kernels(self, *, cursor: str | None = None, limit: int = 100) -> dict[str, Any]:

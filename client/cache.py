@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
-from flexsn_core.artifacts import generate, merge_binaries, sha256_hex
+from flexsn_core.artifacts import generate, sha256_hex
 from flexsn_core.counters import bump
-from flexsn_core.errors import BuildFailedError, CacheUnavailableError, IntegrityError
+from flexsn_core.errors import ArtifactError, BuildFailedError, CacheUnavailableError, IntegrityError
 from flexsn_core.local import LocalStore, local_target
+from flexsn_core.manifest import TuningChoice, restrict_targets, targets_of
 from flexsn_core.runtime import KernelSet
 from flexsn_core.spec import KernelSpec
 
@@ -43,12 +44,15 @@ _pools_lock = threading.Lock()
 
 
 def shared_api(url: str, token: str | None) -> ServiceAPI:
-    """One connection pool per (service, token) per process."""
+    """One connection pool (and one view of the service's availability) per (service, token) per process."""
     key = (url.rstrip("/"), token)
     with _pools_lock:
         api = _pools.get(key)
         if api is None:
-            api = _pools[key] = ServiceAPI(url, token)
+            settings = ClientSettings()
+            api = _pools[key] = ServiceAPI(
+                url, token, unavailable_s=settings.retry_after_s, build_wait_s=settings.build_wait_s
+            )
         return api
 
 
@@ -59,17 +63,24 @@ def _targets_for(device: torch.device | None) -> list[str]:
 
 
 def _only_targets(manifest: dict[str, Any], targets: list[str]) -> dict[str, Any]:
-    """The manifest with the binaries of ``targets`` only (all of them if empty)."""
-    if not targets:
-        return manifest
-    kept = dict(manifest)
-    kept["binaries"] = [b for b in manifest["binaries"] if b["target"] in targets]
-    return kept
+    """The manifest with the binaries (and tuned choices) of ``targets`` only (all of them if empty)."""
+    return restrict_targets(manifest, targets) if targets else manifest
 
 
 def _has_targets(manifest: dict[str, Any], targets: list[str]) -> bool:
-    have = {b["target"] for b in manifest["binaries"]}
-    return all(t in have for t in targets)
+    return set(targets) <= targets_of(manifest)
+
+
+def _same_key(spec: KernelSpec, body: dict[str, Any], url: str) -> None:
+    """The service names the spec as this process does; else its versions differ from ours."""
+    key = body.get("key")
+    if key is not None and key != spec.key:
+        raise ArtifactError(
+            f"the kernel cache at {url} keys {spec.entry} as {str(key)[:16]}…, this process as {spec.key[:16]}…: "
+            "it runs another torch, Triton or codegen version (the spec key hashes them); its kernels do not "
+            f"fit this process (service manifest: codegen {body.get('codegen_version', '?')}, "
+            f"Triton {body.get('triton_version', '?')})"
+        )
 
 
 class KernelCacheClient:
@@ -106,8 +117,9 @@ class KernelCacheClient:
 
     def fetch_blob(self, sha: str) -> bytes:
         """A verified blob: from the mirror, else from the service (re-fetched once on a mismatch)."""
-        if self.mirror.has_blob(sha):
-            return self.mirror.get_blob(sha)  # re-hashed; a corrupt copy is dropped
+        mirrored = self.mirror.read_blob(sha)  # re-hashed; a corrupt copy is dropped and fetched again
+        if mirrored is not None:
+            return mirrored
         api = self._require_api()
         for attempt in (1, 2):
             data = api.get_blob(sha)
@@ -134,11 +146,8 @@ class KernelCacheClient:
         if missing:  # absent from the bundle or corrupt in it: one by one (re-fetched once on a mismatch)
             with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
                 list(pool.map(self.fetch_blob, missing))
-        existing = self.mirror.get_manifest(kept["key"])
-        if existing is not None:
-            kept = merge_binaries(existing, kept)
-        self.mirror.put_manifest(kept)
-        return kept
+        # merged with what the mirror has (other targets, tuned choices) under the key's lock
+        return self.mirror.merge_manifest(kept)
 
     # ------------------------------------------------------------ manifests
     def get(self, spec: KernelSpec, targets: list[str] | None = None) -> dict[str, Any] | None:
@@ -173,6 +182,7 @@ class KernelCacheClient:
             return found
         api = self._require_api()
         code, body = api.request_kernels(spec, targets or None)
+        _same_key(spec, body, api.url)
         if code == 202:
             if not wait:
                 return None
@@ -238,14 +248,15 @@ class KernelCacheClient:
 
     def _tuned(self, key: str, decision: dict[str, Any]) -> None:
         """Keep a tuning decision in the mirror and report it to the service (in the background)."""
-        self.mirror.record_tuning(key, decision)
+        tuned = TuningChoice.of(decision)
+        self.mirror.record_tuning(key, [tuned])
         if self.api is None:
             return
-        choice = {k: decision[k] for k in ("kind", "bucket", "variant", "config_id")}
+        choice = tuned.model_dump(exclude={"target"})
 
         def report() -> None:
             try:
-                self.api.report_tuning(key, decision["target"], [choice])  # type: ignore[union-attr]
+                self.api.report_tuning(key, tuned.target, [choice])  # type: ignore[union-attr]
             except Exception as exc:  # noqa: BLE001 - reporting is best effort
                 logger.debug("could not report tuning of %s… to the service: %s", key[:16], exc)
 

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._version import CODEGEN_VERSION
-from .codegen.kernels import KINDS, GeneratedKernels
+from .codegen.kernels import GeneratedKernels
 from .compile import DEFAULT_CONFIGS, CompiledBinary, KernelConfig, compile_kernel, parse_target
 from .counters import bump
 from .errors import ArtifactError, IntegrityError
 from .ir import dumps_ir, generate_from_ir, trace_to_ir
+from .manifest import MANIFEST_FORMAT, merge_manifests, referenced_blobs, validate_manifest
 from .spec import KernelSpec, triton_version
 
 __all__ = [
@@ -40,7 +41,8 @@ __all__ = [
     "referenced_blobs",
 ]
 
-MANIFEST_FORMAT = 1
+#: The name merging had before flexsn_core.manifest (callers and tests import it from here).
+merge_binaries = merge_manifests
 DEFAULT_TARGETS: tuple[str, ...] = ("cuda:80", "cuda:90")
 
 Progress = Callable[[str, int, int], None]
@@ -69,12 +71,6 @@ class Artifact:
         missing = set(referenced_blobs(self.manifest)) - set(self.blobs)
         if missing:
             raise ArtifactError(f"manifest names {len(missing)} blob(s) that are missing")
-
-
-def referenced_blobs(manifest: dict[str, Any]) -> list[str]:
-    shas = [manifest["source"]["sha256"]]
-    shas.extend(b["sha256"] for b in manifest.get("binaries", []))
-    return shas
 
 
 def generate(spec: KernelSpec) -> GeneratedKernels:
@@ -167,24 +163,6 @@ def build_artifacts(
     return Artifact(manifest=manifest, blobs=blobs)
 
 
-def merge_binaries(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``base`` plus the binaries (and tuning tables) of ``extra`` that it lacks.
-
-    Used when a spec's artifact gains another target: the first manifest's
-    binaries and tuned choices are kept as they are.
-    """
-    merged = dict(base)
-    have = {(b["kind"], b["target"], b["config_id"]) for b in base["binaries"]}
-    merged["binaries"] = list(base["binaries"]) + [
-        b for b in extra["binaries"] if (b["kind"], b["target"], b["config_id"]) not in have
-    ]
-    tuning = dict(base.get("tuning", {}))
-    for target, table in extra.get("tuning", {}).items():
-        tuning.setdefault(target, table)
-    merged["tuning"] = tuning
-    return merged
-
-
 _pool_generated: GeneratedKernels | None = None  # what forked compile workers inherit
 
 
@@ -236,33 +214,3 @@ def _compile_all(
     finally:
         _pool_generated = None
     bump("compiles", len(jobs))  # children counted in their own processes
-
-
-def validate_manifest(manifest: dict[str, Any]) -> None:
-    """Check the structure a loader relies on; raise ArtifactError if it is off."""
-    try:
-        if manifest["format"] != MANIFEST_FORMAT:
-            raise ArtifactError(
-                f"manifest format {manifest['format']} is not supported (expected {MANIFEST_FORMAT})"
-            )
-        KernelSpec.from_dict(manifest["spec"])
-        kinds = manifest["kernels"]
-        for kind in ("inference", "inference_final"):
-            if kind not in kinds:
-                raise ArtifactError(f"manifest has no {kind!r} kernel")
-        if ("forward" in kinds) != ("backward" in kinds):
-            raise ArtifactError("manifest must have both training kernels or neither")
-        for kind in kinds:
-            if kind not in KINDS:
-                raise ArtifactError(f"unknown kernel kind {kind!r} in manifest")
-        for b in manifest["binaries"]:
-            if b["kind"] not in kinds:
-                raise ArtifactError(f"binary for unknown kind {b['kind']!r}")
-            parse_target(b["target"])
-            KernelConfig.from_dict(b["config"])
-            if len(b["sha256"]) != 64:
-                raise ArtifactError("binary sha256 must be 64 hex digits")
-    except ArtifactError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"malformed manifest: {type(exc).__name__}: {exc}") from exc

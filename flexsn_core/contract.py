@@ -9,20 +9,30 @@ caller in the message (``"FlexSN"``, ``"flex_sn_scan"``, ...).
 | check | where |
 | --- | --- |
 | :func:`check_counts` | FlexSN (all backends), FlexSNKernel, flex_sn_scan |
+| :func:`check_capture` | construction of a kernel backend, before the probe step |
 | :func:`check_returns` | construction of a kernel backend (one probe step), every step of flex_sn_scan |
 | :func:`validate_examples` | construction of a kernel backend: one probe step on small CPU tensors |
 | :func:`check_call_args` | ``FlexSN.kernel``, ``FlexSNKernel.__call__`` |
-| :func:`check_step_tensors` | every kernel launch (custom ops): inputs and states share one per-step layout |
+| :func:`check_scan_call` | every multi-step call, before anything runs: FlexSN forward on every backend (torch and hop paths), ``FlexSN.kernel``, ``FlexSNKernel``, the custom ops (real and fake implementations) |
+| :func:`cast_returns` | every step of FlexSN's torch and hop paths (kernels cast in their traced graph) |
 | :func:`output_templates` | ``example_outputs`` of FlexSN |
+
+Errors about the core are :class:`~flexsn_core.errors.CoreSignatureError`
+(a ``ValueError``) or :class:`~flexsn_core.errors.CoreReturnTypeError` (also a
+``TypeError``), as the README's error table says; errors about the tensors of a
+call are plain ``ValueError``s whose text is the same on every path.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from .capture import capture_core
+from .errors import CoreReturnTypeError, CoreSignatureError, CoreSourceError
 from .spec import SUPPORTED_DTYPES
 
 __all__ = [
@@ -32,7 +42,10 @@ __all__ = [
     "check_counts",
     "check_returns",
     "check_call_args",
-    "check_step_tensors",
+    "check_arity",
+    "check_capture",
+    "check_scan_call",
+    "cast_returns",
     "validate_examples",
     "output_templates",
     "check_outputs_match",
@@ -71,12 +84,61 @@ def check_returns(who: str, returns: Sequence[Any], num_outputs: int, num_states
     """A step returns ``num_outputs + num_states`` tensors."""
     expected = num_outputs + num_states
     if len(returns) != expected:
-        raise ValueError(
+        raise CoreSignatureError(
             f"{who} core returned {len(returns)} values, but expected {expected} (= num_outputs + num_states)."
         )
     for i, tensor in enumerate(returns):
         if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{who} core return #{i} is {type(tensor)!r}; scan backends require tensor outputs.")
+            raise CoreReturnTypeError(
+                f"{who} core return #{i} is {type(tensor)!r}; scan backends require tensor outputs."
+            )
+
+
+def check_arity(who: str, core: Callable[..., Any], num_args: int, detail: str) -> None:
+    """The core can be called with ``num_args`` positional tensors (else CoreSignatureError)."""
+    try:
+        signature = inspect.signature(core)
+    except (TypeError, ValueError):  # builtins without a signature: the call itself will tell
+        return
+    try:
+        signature.bind(*range(num_args))
+    except TypeError as exc:
+        name = getattr(core, "__name__", type(core).__name__)
+        raise CoreSignatureError(
+            f"{who}: the core {name}{signature} cannot take {num_args} positional arguments ({detail}): {exc}"
+        ) from None
+
+
+def check_capture(core: Callable[..., Any]) -> None:
+    """Raise the CoreCaptureError a kernel build would raise, before the core runs on examples.
+
+    A captured non-scalar tensor broadcasts the probe step to its own shape,
+    which validation would report as a confusing shape mismatch (issue #11). A
+    core whose source cannot be read (a lambda) is reported when kernels are
+    built; the HOP fallback runs it meanwhile.
+    """
+    try:
+        capture_core(core)  # surrogates included: they are data the spec carries
+    except CoreSourceError:
+        pass
+
+
+def cast_returns(returns: tuple[Any, ...], dtype: torch.dtype) -> tuple[Any, ...]:
+    """Floating-point returns of another dtype cast to ``dtype``.
+
+    ``(h >= 1).float()`` in a bf16 core is the common way to write a spike;
+    every backend casts such a value to the core's dtype, as the kernels do
+    where values leave a step. Anything else is returned as is.
+    """
+    for r in returns:
+        if isinstance(r, torch.Tensor) and r.dtype != dtype:
+            break
+    else:
+        return returns  # the common case: one pass, no new tuple
+    return tuple(
+        r.to(dtype) if isinstance(r, torch.Tensor) and r.dtype != dtype and r.dtype.is_floating_point else r
+        for r in returns
+    )
 
 
 def check_call_args(where: str, args: Sequence[Any], expected: int, detail: str) -> None:
@@ -88,29 +150,73 @@ def check_call_args(where: str, args: Sequence[Any], expected: int, detail: str)
             raise TypeError(f"{where} expected tensor arguments, but arg #{i} is {type(arg).__name__}.")
 
 
-def check_step_tensors(who: str, inputs: Sequence[torch.Tensor], states: Sequence[torch.Tensor]) -> None:
-    """Every input sequence is shaped like the first, every state like one of its steps.
+def _describe(t: torch.Tensor) -> str:
+    return f"({tuple(t.shape)}, {t.dtype}, {t.device})"
 
-    The kernels index every buffer with the first input's ``T`` and element
-    count, so a smaller tensor would be read or written out of bounds.
+
+def check_scan_call(
+    inputs: Sequence[torch.Tensor],
+    states: Sequence[torch.Tensor],
+    statics: Sequence[torch.Tensor],
+    num_inputs: int,
+    num_states: int,
+    num_static: int,
+) -> None:
+    """The tensors of one multi-step call fit the scan contract; ``ValueError`` otherwise.
+
+    ``num_inputs`` input sequences ``[T, ...]`` with the first one's shape,
+    dtype and device; no states (the kernels' zero-state elision) or
+    ``num_states`` states, each one step of input #0 with its dtype and device;
+    ``num_static`` static inputs on input #0's device (a 0-dim CPU tensor is
+    allowed, as in PyTorch) that broadcast to one step. The kernels index every
+    buffer with input #0's ``T`` and element count, so a smaller tensor would be
+    read out of bounds: this runs before any launch, on every path, with the
+    same messages. It costs a few attribute reads per tensor (the eager hot path
+    calls it once per forward).
     """
-    # Per call on the eager path: device compared by index, the step shape made only if needed.
+    if len(inputs) != num_inputs or num_inputs == 0:
+        raise ValueError(f"FlexSN expected {num_inputs} input sequences, but got {len(inputs)}.")
+    if len(states) not in (0, num_states):
+        raise ValueError(f"FlexSN expected {num_states} states, but got {len(states)}.")
+    if len(statics) != num_static:
+        raise ValueError(f"FlexSN expected {num_static} static inputs, but got {len(statics)}.")
     x0 = inputs[0]
-    dtype, where = x0.dtype, x0.get_device()
+    if x0.dim() == 0:
+        raise ValueError("FlexSN: input sequences are [T, ...] tensors; input #0 has no time dimension.")
+    shape, dtype, where = x0.shape, x0.dtype, x0.device
     for i in range(1, len(inputs)):
         x = inputs[i]
-        if x.shape != x0.shape or x.dtype != dtype or x.get_device() != where:
+        if x.shape != shape or x.dtype != dtype or x.device != where:
             raise ValueError(
-                f"{who}: input sequence #{i} is ({tuple(x.shape)}, {x.dtype}, {x.device}); every input "
-                f"sequence must match input #0 ({tuple(x0.shape)}, {dtype}, {x0.device})."
+                f"FlexSN: input sequence #{i} is {_describe(x)}; every input sequence must match "
+                f"input #0 {_describe(x0)}."
             )
     if states:
-        step = x0.shape[1:]
+        step = shape[1:]
         for j, s in enumerate(states):
-            if s.shape != step or s.dtype != dtype or s.get_device() != where:
+            if s.shape != step or s.dtype != dtype or s.device != where:
                 raise ValueError(
-                    f"{who}: state #{j} is ({tuple(s.shape)}, {s.dtype}, {s.device}); every state must be "
-                    f"one step of input #0 ({tuple(step)}, {dtype}, {x0.device})."
+                    f"FlexSN: state #{j} is {_describe(s)}; every state must be one step of input #0 "
+                    f"({tuple(step)}, {dtype}, {x0.device})."
+                )
+    for k, c in enumerate(statics):
+        device = c.device
+        if device != where and not (device.type == "cpu" and c.dim() == 0):
+            raise ValueError(
+                f"FlexSN: static input #{k} is on {c.device}, but input #0 is on {x0.device}; move it there "
+                "(module.to(device) moves a FlexSN's static inputs)."
+            )
+        cshape = c.shape
+        if cshape != shape[1:] and c.numel() != 1:
+            step = tuple(shape[1:])
+            try:
+                fits = broadcast_shape(tuple(cshape), step) == step
+            except ValueError:
+                fits = False
+            if not fits:
+                raise ValueError(
+                    f"FlexSN: static input #{k} of shape {tuple(cshape)} does not broadcast to the per-step "
+                    f"shape {step} of input #0 {tuple(shape)}."
                 )
 
 
@@ -156,6 +262,10 @@ def validate_examples(
             )
     if first.dtype not in SUPPORTED_DTYPES.values():
         raise ValueError(f"FlexSN Triton path supports float32, float16 and bfloat16 tensors, got {first.dtype}.")
+    check_arity(
+        who, core, num_inputs + num_states + len(statics),
+        f"num_inputs={num_inputs} + num_states={num_states} + {len(statics)} static inputs",
+    )
     with torch.no_grad():
         # Run the core once on CPU zeros (big examples shrunk to the smallest shape the
         # statics allow: a core is elementwise): the same counts, shapes and dtypes,
@@ -169,15 +279,16 @@ def validate_examples(
     check_returns("FlexSN", returns, num_outputs, num_states)
     for i, tensor in enumerate(returns):
         if tensor.shape != probe.shape:
-            raise ValueError(
+            raise CoreSignatureError(
                 f"{who} currently requires every per-step output and updated state to have the same shape as "
                 f"the first example tensor {tuple(probe.shape)}, but return #{i} has shape {tuple(tensor.shape)}."
             )
-        if tensor.dtype != probe.dtype or tensor.device != probe.device:
-            raise ValueError(
+        # A floating-point return of another dtype is cast to the core's dtype (see cast_returns).
+        if (tensor.dtype != probe.dtype and not tensor.dtype.is_floating_point) or tensor.device != probe.device:
+            raise CoreSignatureError(
                 f"{who} currently requires every per-step output and updated state to match the first example "
                 f"tensor's dtype/device ({probe.dtype}, {probe.device}), but return #{i} is "
-                f"({tensor.dtype}, {tensor.device})."
+                f"({tensor.dtype}, {tensor.device}); cast it (e.g. `spike.to(x.dtype)`)."
             )
     return examples
 

@@ -114,4 +114,25 @@ class AuthError(FlexSNError):
 
 
 class BuildFailedError(FlexSNError):
-    """The kernel cache service tried to build a spec and failed."""
+    """The kernel cache service tried to build a spec and failed.
+
+    ``user_error``: the service blamed the core (its build hit the core's time
+    or memory limit, printed too much, ...), not itself. Failures the service
+    reports as a :class:`CoreError` are raised as that error instead.
+    ``build_id``, ``error_type`` and ``log_tail`` say what the service saw.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        build_id: str | None = None,
+        user_error: bool = False,
+        error_type: str | None = None,
+        log_tail: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.build_id = build_id
+        self.user_error = user_error
+        self.error_type = error_type
+        self.log_tail = tuple(log_tail)

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .contract import check_step_tensors
+from .contract import check_scan_call
 from .runtime import KernelSet, StaticArg, run_backward, run_forward, run_inference, run_inference_final
 from .spec import KernelSpec
 
@@ -170,6 +170,20 @@ def attach_finalizer(owner: object, handle: int) -> weakref.finalize:
 # --------------------------------------------------------------------------
 # helpers shared by the real and fake implementations
 # --------------------------------------------------------------------------
+def _check(handle: KernelHandle, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor]) -> None:
+    """The scan contract of a call (shared with every backend), and the dtype the handle's kernels take.
+
+    Runs in the real and the fake implementations, so a bad call fails before
+    any launch, and at trace time under torch.compile.
+    """
+    spec = handle.spec
+    check_scan_call(inputs, states, statics, spec.num_inputs, spec.num_states, spec.num_static)
+    if inputs[0].dtype != spec.torch_dtype:
+        raise ValueError(
+            f"FlexSN: the input sequences are {inputs[0].dtype}, but kernel handle's kernels take {spec.torch_dtype}."
+        )
+
+
 def _prepare(handle: KernelHandle, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor]):  # noqa: ANN202
     """Kernel set, contiguous inputs and states (None: implicit zeros), prepared statics.
 
@@ -178,14 +192,14 @@ def _prepare(handle: KernelHandle, inputs: list[Tensor], states: list[Tensor], s
     input and state must share the first input's layout (checked: a smaller one
     would be read or written out of bounds).
     """
-    check_step_tensors("FlexSN kernels", inputs, states)
+    _check(handle, inputs, states, statics)
     x0 = inputs[0]
     ks = handle.kernels(x0.device)
     contiguous = [x if x.is_contiguous() else x.contiguous() for x in inputs]
     flat_states: list[Tensor | None] = (
         [s if s.is_contiguous() else s.contiguous() for s in states] if states else [None] * handle.spec.num_states
     )
-    prepared = [StaticArg.prepare(s, x0.shape[1:], ks.dtype) for s in statics] if statics else []
+    prepared = [StaticArg.prepare(s, x0.shape[1:], ks.dtype, x0.device) for s in statics] if statics else []
     return ks, contiguous, flat_states, prepared
 
 
@@ -218,7 +232,9 @@ def inference(handle: int, inputs: list[Tensor], states: list[Tensor], statics: 
 
 @_fake("inference")
 def _inference_fake(handle: int, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor]) -> list[Tensor]:
-    spec = lookup_handle(handle).spec
+    h = lookup_handle(handle)
+    _check(h, inputs, states, statics)
+    spec = h.spec
     return _seq_like(inputs[0], spec.num_outputs + spec.num_states)
 
 
@@ -232,7 +248,9 @@ def inference_final(handle: int, inputs: list[Tensor], states: list[Tensor], sta
 
 @_fake("inference_final")
 def _inference_final_fake(handle: int, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor]) -> list[Tensor]:
-    spec = lookup_handle(handle).spec
+    h = lookup_handle(handle)
+    _check(h, inputs, states, statics)
+    spec = h.spec
     return _seq_like(inputs[0], spec.num_outputs) + _state_like(inputs[0], spec.num_states)
 
 
@@ -259,6 +277,7 @@ def _training_fake(
     handle: int, inputs: list[Tensor], states: list[Tensor], statics: list[Tensor], store_state_seqs: bool
 ) -> list[Tensor]:
     h = lookup_handle(handle)
+    _check(h, inputs, states, statics)
     spec, x0 = h.spec, inputs[0]
     result = _seq_like(x0, spec.num_outputs) + _state_like(x0, spec.num_states)
     if _returns_seqs(h, store_state_seqs):

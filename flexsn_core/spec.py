@@ -1,8 +1,12 @@
 """KernelSpec: everything that determines a core's kernels, as JSON-able data.
 
 ``spec.key`` names the kernels everywhere (local mirror, service store,
-manifests). It hashes a canonical JSON encoding of the spec together with the
-code generator's version and the Triton version, and never traces or compiles.
+manifests). It hashes a canonical JSON encoding of the spec together with
+everything else that decides the generated code and binaries: the code
+generator's version (``CODEGEN_VERSION``, pinned to the codegen sources by a
+golden hash, see ``flexsn_core/_version.py``), the Triton version (it compiles)
+and the torch version (make_fx and AOTAutograd draw the graphs). It never
+traces or compiles.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from ._version import CODEGEN_VERSION
 from .capture import capture_core
 from .errors import CoreSignatureError, CoreSourceError
 
-__all__ = ["KernelSpec", "SurrogateRef", "SUPPORTED_DTYPES", "MAX_SURROGATES", "triton_version"]
+__all__ = ["KernelSpec", "SurrogateRef", "SUPPORTED_DTYPES", "MAX_SURROGATES", "triton_version", "torch_version"]
 
 #: Element dtypes a spec may name, by their torch name.
 SUPPORTED_DTYPES: dict[str, torch.dtype] = {
@@ -47,6 +51,20 @@ def triton_version() -> str:
         import triton
 
         return triton.__version__
+
+
+@functools.lru_cache(maxsize=1)
+def torch_version() -> str:
+    """torch's release version, e.g. ``2.11.0``, for the spec key.
+
+    The whole release, not just major.minor: decompositions and AOTAutograd's
+    partitioner change in patch releases too, and they draw the graphs the
+    kernels are generated from. Without the local build tag (``+cpu``,
+    ``+cu128``): every build of a release traces the same graphs on CPU/fake
+    tensors, and a service cross-compiling on a CPU-only host must share keys
+    with its CUDA clients.
+    """
+    return torch.__version__.split("+", 1)[0]
 
 
 def _dtype_name(dtype: torch.dtype | str) -> str:
@@ -304,12 +322,13 @@ class KernelSpec:
 
     @functools.cached_property
     def key(self) -> str:
-        """sha256 naming this spec's kernels for this codegen and Triton version."""
+        """sha256 naming this spec's kernels for this codegen, Triton and torch version."""
         payload = json.dumps(
             {
                 "spec": self.to_dict(),
                 "codegen": CODEGEN_VERSION,
                 "triton": triton_version(),
+                "torch": torch_version(),
             },
             sort_keys=True,
             separators=(",", ":"),

@@ -214,18 +214,26 @@ def _normalize_returns(result: Any) -> tuple[Any, ...]:
     )
 
 
-def _step_function(core: Callable[..., Any]) -> Callable[..., tuple[Any, ...]]:
-    """The core with its returns normalized to a tuple of fresh tensors.
+def _step_function(core: Callable[..., Any], dtype: torch.dtype) -> Callable[..., tuple[Any, ...]]:
+    """The core with its returns normalized to a tuple of fresh tensors of the spec's dtype.
 
     The clone gives each returned value its own graph node, so an output that
     aliases an argument (a state passed through unchanged) or a value returned
-    twice is handled like any other output.
+    twice is handled like any other output. A floating-point return of another
+    dtype (``(h >= 1).float()`` in a bf16 core) is cast to ``dtype`` instead,
+    as every backend does; only such cores get the extra cast in their graphs.
     """
+
+    def fresh(r: Any) -> Any:
+        if not isinstance(r, torch.Tensor):
+            return r
+        if r.dtype != dtype and r.dtype.is_floating_point:
+            return r.to(dtype)
+        return r.clone()
 
     @functools.wraps(core)
     def step(*args: torch.Tensor) -> tuple[Any, ...]:
-        returns = _normalize_returns(core(*args))
-        return tuple(r.clone() if isinstance(r, torch.Tensor) else r for r in returns)
+        return tuple(fresh(r) for r in _normalize_returns(core(*args)))
 
     return step
 
@@ -337,7 +345,7 @@ def trace_core(spec: KernelSpec) -> TracedCore:
     """
     core = spec.load_core()
     _check_arity(core, spec)
-    step = _step_function(core)
+    step = _step_function(core, spec.torch_dtype)
     guard = _OpGuard(spec.filename)
     try:
         inference = _trace_inference(step, spec, guard)

@@ -17,8 +17,9 @@ from fastapi.routing import APIRoute
 from flexsn_core.compile import canonical_target
 
 from .api.deps import ServiceContext
+from .api.docs import ASSETS_URL, add_docs
 from .api.middleware import AuthGateMiddleware, BodyLimitMiddleware
-from .api.routes import blobs, builds, kernels, status
+from .api.routes import blobs, builds, kernels, page, status
 from .auth import load_tokens
 from .builds.cgroup import CgroupUnavailable, Cgroups
 from .builds.cgroup import detect as detect_cgroups
@@ -151,12 +152,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="flexsn-cache",
         version="1",
-        description="Builds FlexSN spiking-neuron kernels once and serves them to every training job.",
+        description="Builds FlexSN spiking-neuron kernels once and serves them to every training job. "
+                    "Status page: [/](/). Versions: `GET /v1/version`.",
         lifespan=lifespan,
         generate_unique_id_function=_route_id,
+        docs_url=None,  # FastAPI's pages load from a CDN; add_docs serves them from package assets
+        redoc_url=None,
     )
-    for module in (kernels, blobs, builds, status):
+    for module in (kernels, blobs, builds, status, page):
         app.include_router(module.router)
+    docs_paths = add_docs(app)
 
     @app.exception_handler(StoreError)
     async def _store_error(_request: Request, exc: StoreError) -> JSONResponse:
@@ -177,7 +182,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: request ids and logs for every answer, then auth, then the body limit,
     # so an anonymous request is refused (401) before its body is read or measured.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    public = ("/healthz", app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
-    app.add_middleware(AuthGateMiddleware, public_paths=public)
+    # Open without a token: health and versions, the API docs and their assets, and the status page
+    # (which decides itself what an anonymous visitor sees: api/routes/page.py).
+    public = ("/", "/healthz", "/v1/version", *docs_paths)
+    app.add_middleware(AuthGateMiddleware, public_paths=public, public_prefixes=(ASSETS_URL + "/",))
     app.add_middleware(RequestContextMiddleware, on_response=count)
     return app

@@ -1,20 +1,87 @@
-"""Prometheus metrics of one service instance (its own registry)."""
+"""Prometheus metrics of one service instance (its own registry), and hits/misses per minute.
+
+The per-minute history feeds the status page's chart; Prometheus keeps the
+long-term series. Both count this instance only (each replica its own).
+"""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["ServiceMetrics"]
+__all__ = ["ServiceMetrics", "MinuteHistory", "MinuteCount"]
+
+
+@dataclass(frozen=True)
+class MinuteCount:
+    #: start of the minute (epoch seconds, a multiple of 60)
+    minute: int
+    hits: int
+    misses: int
+
+
+class MinuteHistory:
+    """Hits and misses per wall-clock minute, for the last ``minutes`` minutes (a ring buffer)."""
+
+    def __init__(self, minutes: int = 60, clock: Callable[[], float] = time.time) -> None:
+        self.minutes = minutes
+        self._clock = clock
+        self._lock = threading.Lock()  # counted on the event loop, read from worker threads
+        self._ring: deque[list[int]] = deque(maxlen=minutes)  # [minute, hits, misses], oldest first
+
+    def _bucket(self, now: float) -> list[int]:
+        minute = int(now // 60) * 60
+        if not self._ring or self._ring[-1][0] != minute:
+            self._ring.append([minute, 0, 0])
+        return self._ring[-1]
+
+    def add(self, *, hits: int = 0, misses: int = 0) -> None:
+        with self._lock:
+            bucket = self._bucket(self._clock())
+            bucket[1] += hits
+            bucket[2] += misses
+
+    def series(self) -> list[MinuteCount]:
+        """One entry per minute of the window, oldest first, ending with the current minute (zeros filled in)."""
+        with self._lock:
+            seen = {b[0]: (b[1], b[2]) for b in self._ring}
+            now = int(self._clock() // 60) * 60
+        first = now - 60 * (self.minutes - 1)
+        return [MinuteCount(m, *seen.get(m, (0, 0))) for m in range(first, now + 1, 60)]
+
+
+class _CountedInHistory:
+    """A Prometheus counter whose increments also land in the per-minute history."""
+
+    def __init__(self, counter: Counter, add: Callable[[int], None]) -> None:
+        self._counter = counter
+        self._add = add
+
+    def inc(self, amount: int = 1) -> None:
+        self._counter.inc(amount)
+        self._add(amount)
 
 
 class ServiceMetrics:
-    def __init__(self) -> None:
+    def __init__(self, history_minutes: int = 60) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.hits = Counter("flexsn_cache_hits", "Kernel requests answered from the store", registry=r)
-        self.misses = Counter("flexsn_cache_misses", "Kernel requests that needed a build", registry=r)
+        #: when this instance started counting (the counters are since then)
+        self.started = time.time()
+        self.history = MinuteHistory(history_minutes)
+        self.hits = _CountedInHistory(
+            Counter("flexsn_cache_hits", "Kernel requests answered from the store", registry=r),
+            lambda n: self.history.add(hits=n),
+        )
+        self.misses = _CountedInHistory(
+            Counter("flexsn_cache_misses", "Kernel requests that needed a build", registry=r),
+            lambda n: self.history.add(misses=n),
+        )
         self.builds_started = Counter("flexsn_builds_started", "Builds started", registry=r)
         self.builds_succeeded = Counter("flexsn_builds_succeeded", "Builds that stored an artifact", registry=r)
         self.builds_failed = Counter("flexsn_builds_failed", "Builds that failed", registry=r)

@@ -6,6 +6,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flexsn_core.manifest import Manifest, ReportedChoice
+
+__all__ = ["SpecIn", "BuildRequest", "BuildAccepted", "BuildStatus", "KernelSummary", "KernelPage", "Manifest",
+           "TuningChoice", "TuningReport", "TuningResult", "Stats", "Health", "ErrorMessage", "BuildFailure",
+           "BuildFailed"]
+
 
 class SpecIn(BaseModel):
     """A KernelSpec as JSON (see flexsn_core.KernelSpec)."""
@@ -47,6 +53,9 @@ class BuildStatus(BaseModel):
     progress: dict[str, Any]
     error: str | None
     error_type: str | None
+    user_error: bool = Field(description="a failure caused by the core (the client raises error_type), not the service")
+    error_op: str | None = Field(description="UnsupportedOpError: the aten op")
+    error_line: int | None = Field(description="UnsupportedOpError: the line of the core source")
     log_tail: list[str]
     created: float
     started: float | None
@@ -68,11 +77,8 @@ class KernelPage(BaseModel):
     next_cursor: str | None
 
 
-class TuningChoice(BaseModel):
-    kind: Literal["inference", "inference_final", "forward", "backward"]
-    bucket: int = Field(ge=0, le=16)
-    variant: Literal["aligned", "unaligned"]
-    config_id: str = Field(max_length=64)
+class TuningChoice(ReportedChoice):
+    """One reported choice (the schema is flexsn_core.manifest's: kinds, buckets, variants)."""
 
 
 class TuningReport(BaseModel):
@@ -82,20 +88,51 @@ class TuningReport(BaseModel):
     choices: list[TuningChoice] = Field(min_length=1, max_length=256)
 
 
+class Versions(BaseModel):
+    """What keys and binaries depend on (codegen, Triton), and the service's own versions."""
+
+    package: str = Field(description="the flexsn-cache distribution")
+    api: str = Field(description="the HTTP API version (the /v1 prefix)")
+    codegen: str = Field(description="flexsn_core's codegen version: part of every kernel key")
+    ir: str = Field(description="the version of the traced-graph IR the jail emits")
+    triton: str = Field(description="part of every kernel key; binaries load only with this Triton")
+    torch: str
+    python: str
+
+
+class TargetStats(BaseModel):
+    kernels: int = Field(description="stored kernels with binaries for this target")
+    last_use: float | None = Field(description="latest access of any of them (epoch seconds)")
+
+
 class Stats(BaseModel):
+    """Counters of this service instance since ``started``, and the store's size."""
+
     hits: int
     misses: int
+    hit_rate: float | None = Field(description="hits / (hits + misses); null before the first request")
     builds_started: int
     builds_succeeded: int
     builds_failed: int
+    builds_in_flight: int = Field(description="queued or running now")
+    builds_failed_last_hour: int
     kernels: int
-    bytes: int
+    bytes: int = Field(description="blob bytes in the store")
+    max_bytes: int | None = Field(description="the store's size limit; null: none")
+    store: str = Field(description="the store's kind (disk, redis); never its address")
+    by_target: dict[str, TargetStats] = Field(description="stored kernels per target")
+    by_target_complete: bool = Field(
+        description="false if the store held more kernels than one census reads (then by_target counts the first)"
+    )
+    started: float = Field(description="when this instance started counting (epoch seconds)")
+    versions: Versions
 
 
 class Health(BaseModel):
     status: Literal["ok"]
     store: str
     auth: Literal["tokens", "localhost-only"]
+    versions: Versions
 
 
 class TuningResult(BaseModel):
@@ -114,6 +151,8 @@ class BuildFailure(BaseModel):
     message: str
     build_id: str
     error_type: str | None
+    error_op: str | None = None
+    error_line: int | None = None
     log_tail: list[str]
 
 

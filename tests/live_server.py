@@ -114,6 +114,6 @@ def live_server(root: Path, extra_env: dict[str, str] | None = None, **settings:
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flexsn_service.cli", *args],
+        [sys.executable, "-m", "flexsn_client.cli", *args],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=300,
     )

@@ -84,6 +84,30 @@ def test_failures_are_remembered_for_their_ttl_only() -> None:
     asyncio.run(main())
 
 
+def test_a_request_joins_only_a_build_that_covers_its_targets() -> None:
+    """Issue #11: a cuda:90 request joined an in-flight cuda:80 build and got a manifest without cuda:90."""
+
+    async def main() -> None:
+        book = RecordBook(failure_ttl_s=60)
+        both = _record()
+        both.targets = ["cuda:80", "cuda:90"]
+        book.add(both)
+        assert book.current(both.key, ["cuda:90"]) is both  # covered: join
+        only_80 = _record("o" * 64)
+        only_80.targets = ["cuda:80"]
+        book.add(only_80)
+        assert book.current(only_80.key, ["cuda:90"]) is None  # not covered: a build of its own
+        assert book.current(only_80.key, ["cuda:80"]) is only_80
+        only_90 = _record("o" * 64)
+        book.add(only_90)  # two builds of one key in flight
+        assert book.current(only_80.key, ["cuda:90"]) is only_90
+        only_80.state = "succeeded"
+        book.finish(only_80, remember_failure=True)
+        assert book.current(only_80.key, ["cuda:80"]) is None and book.current(only_80.key, ["cuda:90"]) is only_90
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("keep", [0.0])
 def test_finished_records_are_pruned(keep: float) -> None:
     async def main() -> None:

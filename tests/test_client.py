@@ -24,9 +24,23 @@ import pytest
 import torch
 from live_server import ROOT, Server, free_port, live_server, run_cli
 
+import bad_neurons
+import flexsn_client.cache as cache_module
 import flexsn_client.provider as provider_module
-from flexsn_client import KernelCacheClient, KernelCacheWarning, ServiceAPI
-from flexsn_core import AuthError, CacheUnavailableError, FlexSN, IntegrityError, KernelSpec, counters
+from flexsn_client import KernelCacheClient, KernelCacheWarning, RemoteProvider, ServiceAPI, SpecRejectedError
+from flexsn_core import (
+    ArtifactError,
+    AuthError,
+    BuildFailedError,
+    CacheUnavailableError,
+    CoreSignatureError,
+    CoreTraceError,
+    FlexSN,
+    IntegrityError,
+    KernelSpec,
+    UnsupportedOpError,
+    counters,
+)
 from flexsn_core.local import LocalStore
 
 
@@ -38,9 +52,12 @@ def server(tmp_path_factory) -> Server:  # noqa: ANN001
 
 @pytest.fixture(autouse=True)
 def fresh_mirror(tmp_path, monkeypatch):  # noqa: ANN001, ANN201
-    """Each test gets its own local mirror and its own provider (clients are per process)."""
+    """Each test gets its own local mirror, provider and connection pools (clients are per process)."""
+    import flexsn_client.cache as cache_module
+
     monkeypatch.setenv("FLEXSN_CACHE_DIR", str(tmp_path / "mirror"))
     monkeypatch.setattr(provider_module, "_providers", {})
+    monkeypatch.setattr(cache_module, "_pools", {})
     yield tmp_path / "mirror"
 
 
@@ -118,6 +135,7 @@ def test_unreachable_service_falls_back_with_one_warning(fresh_mirror: Path) -> 
     with pytest.warns(KernelCacheWarning, match="could not serve lif_soft.*built its kernels locally") as caught:
         m = FlexSN(neurons.lif_soft, 1, 1, 1, backend="remote-cache", cache_url=dead)
     assert len(caught) == 1
+    assert caught[0].filename == __file__  # the user's line, not flexsn_client's
     x = (torch.randn(4, 6) + 0.5).requires_grad_()
     with warnings.catch_warnings():
         warnings.simplefilter("error", KernelCacheWarning)  # no second warning on use
@@ -253,15 +271,41 @@ def test_a_corrupt_blob_is_fetched_again_once(tmp_path: Path) -> None:
     assert client.fetch_blob(sha) == good and client.mirror.get_blob(sha) == good
 
 
+def test_a_node_mirrors_its_targets_binaries_and_tuning_only(tmp_path: Path) -> None:
+    """The service's manifest holds cuda:80 and cuda:90 binaries, tuned on a cuda:90 host; a cuda:80
+    node keeps a valid manifest of its own target (a choice of a target with no binaries would not be)."""
+    from store_contract import config, make_artifact
+
+    from flexsn_core.manifest import TuningChoice, merge_manifests, record_tuning
+
+    a80, a90 = make_artifact(90, 2, target="cuda:80"), make_artifact(90, 2, target="cuda:90")
+    served = merge_manifests(a80.manifest, a90.manifest)
+    record_tuning(served, TuningChoice(target="cuda:90", kind="inference", bucket=1, variant="aligned",
+                                       config_id=config(0).id))
+    blobs = {**a80.blobs, **a90.blobs}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.startswith("/v1/blobs/"):
+            return httpx.Response(200, content=blobs[path.rsplit("/", 1)[1]])
+        return httpx.Response(404, json={"detail": "no bundles here"})
+
+    client = KernelCacheClient("http://cache.test", local_dir=tmp_path, api=_api(handler))
+    kept = client._mirror(served, ["cuda:80"])
+    assert {b["target"] for b in kept["binaries"]} == {"cuda:80"} and kept["tuning"] == {}
+    assert client.mirror.get_intact_manifest(served["key"]) == kept
+
+
 def test_tuning_decisions_are_mirrored_and_reported(tmp_path: Path, server: Server) -> None:
     spec = KernelSpec.from_core(neurons.lif_hard, 1, 1, 1)
     posted = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.method == "POST":
+        if request.method == "POST" and request.url.path.endswith("/tuning"):
             posted.append(json.loads(request.content))
             return httpx.Response(200, json={"accepted": 1, "tuning": {}})
-        return httpx.get(f"{server.url}{request.url.raw_path.decode()}")
+        return httpx.request(request.method, f"{server.url}{request.url.raw_path.decode()}", content=request.content,
+                             headers={"Content-Type": "application/json"}, timeout=300)
 
     client = KernelCacheClient("http://cache.test", local_dir=tmp_path, api=_api(handler))
     manifest = client.get_or_build(spec)
@@ -277,3 +321,169 @@ def test_tuning_decisions_are_mirrored_and_reported(tmp_path: Path, server: Serv
     stored = client.mirror.get_manifest(spec.key)
     assert stored["tuning"][config["target"]][config["kind"]]["2"]["aligned"] == config["config_id"]
     assert counters()["compiles"] == 0
+
+
+# ------------------------------------------------------------ issue #11: honest about failures
+@pytest.mark.parametrize(("core", "error"), [(bad_neurons.sorts, UnsupportedOpError),
+                                             (bad_neurons.branches, CoreTraceError)], ids=["sort", "branch"])
+def test_a_core_the_service_cannot_build_raises_what_triton_raises(server: Server, core, error) -> None:  # noqa: ANN001
+    """Not a warning followed by the HOP path running torch.sort across neurons."""
+    with pytest.raises(error) as local:
+        FlexSN(core, 1, 1, 1, backend="triton")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KernelCacheWarning)
+        with pytest.raises(error) as remote:
+            FlexSN(core, 1, 1, 1, backend="remote-cache", cache_url=server.url)
+    assert str(remote.value) == str(local.value)
+    if error is UnsupportedOpError:
+        assert remote.value.op == local.value.op == "aten.sort.default"
+        assert remote.value.line == local.value.line is not None
+
+
+def test_the_client_raises_the_core_error_the_service_reports(server: Server, tmp_path: Path) -> None:
+    """A spec FlexSN's own checks would catch first, sent straight to the service."""
+    client = KernelCacheClient(server.url, local_dir=tmp_path)
+    with pytest.raises(CoreSignatureError, match="returned 3 values"):
+        client.kernels(KernelSpec.from_core(bad_neurons.three_returns, 1, 1, 1), torch.device("cpu"))
+    rejected = KernelSpec(source="import os\n\ndef core(x, v):\n    return x, v\n", entry="core",
+                          num_inputs=1, num_states=1, num_outputs=1)
+    with pytest.raises(SpecRejectedError, match="rejected"):
+        client.kernels(rejected, torch.device("cpu"))
+
+
+def test_a_float_spike_in_a_bf16_core_is_served_and_cast(server: Server) -> None:
+    examples = (torch.zeros(5, dtype=torch.bfloat16),) * 2
+    x = (torch.randn(6, 5) + 0.8).to(torch.bfloat16)
+    remote = FlexSN(bad_neurons.float_spike, 1, 1, 1, backend="remote-cache", cache_url=server.url,
+                    example_inputs=examples)
+    local = FlexSN(bad_neurons.float_spike, 1, 1, 1, backend="triton", example_inputs=examples)
+    with torch.no_grad():
+        y = remote(x)
+        assert y.dtype == torch.bfloat16
+        torch.testing.assert_close(y, local(x))
+    assert counters()["remote_hits"] + counters()["remote_misses"] >= 1
+
+
+class _Counting(httpx.BaseTransport):
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner, self.calls = inner, 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        return self.inner.handle_request(request)
+
+
+def test_a_dead_service_costs_one_warning_and_one_try_for_a_whole_model(monkeypatch) -> None:  # noqa: ANN001
+    """Four distinct cores against a dead URL: the first call finds it down, the other three skip it."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    transport = _Counting(httpx.HTTPTransport())
+    api = ServiceAPI(dead, transport=transport)
+    monkeypatch.setattr(cache_module, "shared_api", lambda *_args, **_kwargs: api)
+    cores = [(neurons.lif_hard, 1, 1, 1), (neurons.lif_soft, 1, 1, 1), (neurons.alif, 1, 2, 1),
+             (neurons.two_inputs, 2, 1, 2)]
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = [FlexSN(*c, backend="remote-cache", cache_url=dead) for c in cores]
+    elapsed = time.perf_counter() - started
+    cache_warnings = [w for w in caught if issubclass(w.category, KernelCacheWarning)]
+    assert len(cache_warnings) == 1, [str(w.message) for w in cache_warnings]
+    assert cache_warnings[0].filename == __file__
+    assert transport.calls == 2  # one refused connection, retried once; then the service is skipped
+    assert api.unavailable()
+    print(f"4 cores against a dead URL: {elapsed:.2f} s, {transport.calls} connection attempts")
+    assert all(m._kernels.handles for m in model)  # every core got local kernels
+
+
+def _mock(routes) -> ServiceAPI:  # noqa: ANN001
+    """A ServiceAPI over a MockTransport: routes maps (method, path prefix) to a response factory."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        for (method, prefix), answer in routes.items():
+            if request.method == method and request.url.path.startswith(prefix):
+                return answer(request)
+        return httpx.Response(404, json={"detail": "not found"})
+
+    return ServiceAPI("http://cache.test", transport=httpx.MockTransport(handler), retries=1, build_wait_s=0.6)
+
+
+def _failed_build(spec: KernelSpec, **status) -> ServiceAPI:  # noqa: ANN003
+    accepted = {"build_id": "b1", "key": spec.key, "state": "queued", "status_url": "/v1/builds/b1"}
+    return _mock({
+        ("POST", "/v1/kernels"): lambda r: httpx.Response(202, json=accepted),
+        ("GET", "/v1/builds/b1"): lambda r: httpx.Response(200, json={"build_id": "b1", "key": spec.key, **status}),
+    })
+
+
+def test_every_wait_for_a_build_has_a_limit(tmp_path: Path) -> None:
+    spec = KernelSpec.from_core(neurons.lif_hard, 1, 1, 1)
+    api = _failed_build(spec, state="running", log_tail=[])
+    client = KernelCacheClient("http://cache.test", local_dir=tmp_path, api=api)
+    started = time.monotonic()
+    with pytest.raises(CacheUnavailableError, match="did not finish build b1 within 0.6 s"):
+        client.get_or_build(spec)
+    assert time.monotonic() - started < 5
+    # FlexSN builds locally instead (a timeout is the service's trouble, not the core's).
+    with pytest.warns(KernelCacheWarning, match="did not finish build") as caught:
+        ks = RemoteProvider(client)(spec, torch.device("cpu"))
+    assert ks is not None and caught[0].filename == __file__
+
+
+@pytest.mark.parametrize(("status", "raised"), [
+    ({"error_type": "UnsupportedOpError", "error_op": "aten.sort.default", "error_line": 5, "user_error": True,
+      "error": "unsupported op aten.sort.default at line 5"}, UnsupportedOpError),
+    ({"error_type": "WorkerDied", "user_error": True, "error": "the jailed build worker stopped"}, BuildFailedError),
+    ({"error_type": "SourceRejected", "user_error": True, "error": "uses import os"}, SpecRejectedError),
+], ids=["core error", "the core's fault", "source check"])
+def test_a_build_that_failed_because_of_the_core_is_raised(tmp_path: Path, status, raised) -> None:  # noqa: ANN001
+    spec = KernelSpec.from_core(neurons.lif_hard, 1, 1, 1)
+    api = _failed_build(spec, state="failed", log_tail=["last words"], **status)
+    provider = RemoteProvider(KernelCacheClient("http://cache.test", local_dir=tmp_path, api=api))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KernelCacheWarning)
+        with pytest.raises(raised) as info:
+            provider(spec, torch.device("cpu"))
+    if raised is UnsupportedOpError:
+        assert (info.value.op, info.value.line) == ("aten.sort.default", 5)
+    if raised is BuildFailedError:
+        assert info.value.build_id == "b1" and info.value.user_error and "last words" in str(info.value)
+
+
+def test_a_build_that_failed_for_the_service_falls_back(tmp_path: Path) -> None:
+    spec = KernelSpec.from_core(neurons.lif_hard, 1, 1, 1)
+    api = _failed_build(spec, state="failed", log_tail=[], error_type="StoreError", user_error=False,
+                        error="could not store the artifact")
+    provider = RemoteProvider(KernelCacheClient("http://cache.test", local_dir=tmp_path, api=api))
+    with pytest.warns(KernelCacheWarning, match="StoreError.*built its kernels locally"):
+        assert provider(spec, torch.device("cpu")) is not None
+
+
+def test_a_service_of_another_version_is_not_used(tmp_path: Path) -> None:
+    spec = KernelSpec.from_core(neurons.lif_hard, 1, 1, 1)
+    other = {"build_id": "b1", "key": "0" * 64, "state": "queued", "status_url": "/v1/builds/b1"}
+    api = _mock({("POST", "/v1/kernels"): lambda r: httpx.Response(202, json=other)})
+    client = KernelCacheClient("http://cache.test", local_dir=tmp_path, api=api)
+    with pytest.raises(ArtifactError, match="another torch, Triton or codegen version"):
+        client.get_or_build(spec)
+    with pytest.warns(KernelCacheWarning, match="another torch"):
+        assert RemoteProvider(client)(spec, torch.device("cpu")) is not None
+
+
+def test_a_failing_service_is_skipped_for_a_while() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(503, json={"detail": "store unavailable"})
+
+    api = ServiceAPI("http://cache.test", transport=httpx.MockTransport(handler), retries=1, unavailable_s=0.5)
+    with pytest.raises(CacheUnavailableError, match="answered 503"):
+        api.stats()
+    assert len(calls) == 2
+    with pytest.raises(CacheUnavailableError, match="skipped for another"):
+        api.stats()
+    assert len(calls) == 2  # no request while it is skipped
+    time.sleep(0.6)
+    with pytest.raises(CacheUnavailableError, match="answered 503"):
+        api.stats()
+    assert len(calls) == 4 and api.outages == 2

@@ -235,17 +235,24 @@ def test_validation_errors_of_the_reference() -> None:
         FlexSN(neurons.lif_hard, 1, 1, 1, example_inputs=(torch.zeros(3), torch.zeros(4)))
 
 
-def test_cpu_without_interpreter_falls_back_to_hop_once(monkeypatch, caplog) -> None:  # noqa: ANN001
+def test_cpu_without_interpreter_falls_back_to_hop_with_one_warning(monkeypatch, caplog) -> None:  # noqa: ANN001
+    """Issue #11: a user must see that no kernels run (a warning, once per process, not per layer)."""
+    import flexsn_core.module.flexsn as flexsn_module
+
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(flexsn_module, "_fallbacks_logged", set())
     m = FlexSN(neurons.lif_hard, 1, 1, 1)
+    other = FlexSN(neurons.lif_soft, 1, 1, 1)
     ref = FlexSN(neurons.lif_hard, 1, 1, 1, backend="torch")
     x = torch.randn(5, 3) + 0.5
-    with caplog.at_level(logging.INFO, logger="flexsn_core"):
+    with caplog.at_level(logging.WARNING, logger="flexsn_core"):
         with torch.no_grad():
             torch.testing.assert_close(m(x), ref(x))
             m(x)
+            other(x)
     notes = [r for r in caplog.records if "using the HOP path" in r.message]
-    assert len(notes) == 1
+    assert len(notes) == 1 and notes[0].levelno == logging.WARNING
+    assert "TRITON_INTERPRET=1" in notes[0].getMessage()
 
 
 def test_capture_errors_surface_at_construction() -> None:
@@ -271,3 +278,25 @@ def test_custom_ops_pass_opcheck() -> None:
         (torch.ops.flexsn.training.default, (handle, [x.requires_grad_()], [v.requires_grad_()], [], False)),
     ):
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_cuda_tensors_under_the_interpreter_are_a_clear_error(monkeypatch) -> None:  # noqa: ANN001
+    """Issue #11: TRITON_INTERPRET=1 on a GPU machine. CUDA is faked: the device checks are what decide."""
+    from types import SimpleNamespace
+
+    import flexsn_core.module.kernel as kernel_module
+    from flexsn_core.module import paths
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    cuda = torch.device("cuda", 0)
+    with pytest.raises(RuntimeError, match="Unset TRITON_INTERPRET for GPU runs"):
+        paths.kernels_usable(cuda)
+    assert paths.default_device() == torch.device("cpu")  # no CUDA build by default under the interpreter
+    m = FlexSN(neurons.lif_hard, 1, 1, 1)
+    with pytest.raises(RuntimeError, match="cannot run on CUDA tensors while TRITON_INTERPRET=1"):
+        m._kernel_handle([SimpleNamespace(device=cuda, dtype=torch.float32)])  # what forward asks
+    monkeypatch.setattr(kernel_module, "default_device", lambda: cuda)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        FlexSNKernel(neurons.lif_hard, 1, 1, 1)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert paths.kernels_usable(cuda)

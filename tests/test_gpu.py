@@ -52,29 +52,70 @@ def test_second_module_with_same_core_builds_nothing() -> None:
     assert after["traces"] == before["traces"] and after["compiles"] == before["compiles"]
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):  # noqa: ANN001, ANN201
+    """A live cache service (cross-compiling, as on a CPU host) for the remote-cache cases."""
+    from live_server import live_server
+
+    with live_server(tmp_path_factory.mktemp("gpu-service")) as server:
+        yield server
+
+
+@TWO_GPUS
 @pytest.mark.parametrize("launcher", ["driver", "triton"])
-def test_kernels_run_on_the_tensors_device_not_the_current_one(launcher, monkeypatch) -> None:  # noqa: ANN001
-    """Issue #11: cuda:0 current, tensors on cuda:1 (the ctypes launcher used device 0's context)."""
+@pytest.mark.parametrize("backend", ["triton", "remote-cache"])
+@pytest.mark.parametrize("name", ["lif_hard", "plif"])
+def test_kernels_run_on_the_tensors_device_not_the_current_one(
+    name, backend, launcher, monkeypatch, tmp_path, request  # noqa: ANN001
+) -> None:
+    """Issue #11: cuda:0 current, tensors on cuda:1 (the ctypes launcher used device 0's context).
+
+    Outputs, input gradients and (plif) parameter gradients equal to backend="torch", for locally built
+    kernels and for kernels from a live service, through both launchers.
+    """
+    import flexsn_client.cache as cache_module
+    import flexsn_client.provider as provider_module
+
     from flexsn_core.local import clear_memo
 
     monkeypatch.setenv("FLEXSN_LAUNCHER", launcher)
+    monkeypatch.setenv("FLEXSN_CACHE_DIR", str(tmp_path / "cache"))  # nothing local: build or fetch now
     clear_memo()  # fresh kernel sets: load through this launcher
-    examples = (torch.zeros(4, device="cuda:1"),) * 2
-    fast = FlexSN(neurons.lif_hard, 1, 1, 1, example_inputs=examples)
-    slow = FlexSN(neurons.lif_hard, 1, 1, 1, backend="torch")
+    monkeypatch.setattr(provider_module, "_providers", {})
+    monkeypatch.setattr(cache_module, "_pools", {})
+    kw = {"backend": backend}
+    if backend == "remote-cache":
+        kw["cache_url"] = request.getfixturevalue("service").url
+    model = neurons.MODELS[name]
+    args = (model.core, model.num_inputs, model.num_states, model.num_outputs)
+    weight = torch.randn(1000, 37, device="cuda:1") * 0.5 if model.statics else None
+
+    def statics() -> tuple:
+        return (torch.nn.Parameter(weight.clone()),) if weight is not None else ()
+
     x = torch.randn(8, 1000, 37, device="cuda:1") + 0.5
     with torch.cuda.device(0):
+        examples = (torch.zeros(1000, 37, device="cuda:1"),) * 2
+        fast = FlexSN(*args, example_inputs=examples, static_inputs=statics(), **kw)
+        slow = FlexSN(*args, backend="torch", static_inputs=statics()).to("cuda:1")
         for _ in range(2):  # a second call runs the cached choice
             fast.reset(), slow.reset()
+            fast.zero_grad(), slow.zero_grad()
             xg = x.clone().requires_grad_()
             y = fast(xg)
-            y.sum().backward()
+            (y.sum() + fast.states[0].square().sum()).backward()
             assert y.device == torch.device("cuda:1") and torch.cuda.current_device() == 0
             xr = x.clone().requires_grad_()
             ref = slow(xr)
-            ref.sum().backward()
+            (ref.sum() + slow.states[0].square().sum()).backward()
             assert (y.detach() != ref.detach()).float().mean() < 1e-4
-            off = (xg.grad - xr.grad).abs() > 1e-5 * xr.grad.abs().max()
-            assert off.float().mean() < 1e-3  # a spike may flip on an ulp-level tie
+            grads = [(xg.grad, xr.grad)] + [(a.grad, b.grad) for a, b in zip(fast.parameters(), slow.parameters())]
+            for got, want in grads:
+                off = (got - want).abs() > 1e-5 * want.abs().max()
+                assert off.float().mean() < 1e-3  # a spike may flip on an ulp-level tie
         torch.cuda.synchronize(1)
+    if backend == "remote-cache":
+        assert counters()["compiles"] == 0  # the service built them; this process only loaded cubins

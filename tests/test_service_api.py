@@ -12,7 +12,7 @@ from pathlib import Path
 import neurons
 import pytest
 from fastapi.testclient import TestClient
-from test_store import _artifact, _put
+from test_store import _artifact, _put, config_id
 
 from flexsn_core import KernelSpec
 from flexsn_service import Settings, create_app
@@ -38,6 +38,16 @@ def test_openapi_has_stable_operation_ids(client: TestClient) -> None:
     ids = {op["operationId"] for methods in paths.values() for op in methods.values()}
     assert {"request_kernels", "get_kernel", "list_kernels", "delete_kernel", "report_tuning", "get_blob",
             "get_build", "get_stats", "get_metrics", "healthz"} <= ids
+
+
+def test_openapi_shows_the_manifest_schema(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    schema = doc["components"]["schemas"]["Manifest"]
+    assert {"key", "spec", "source", "kernels", "binaries", "tuning"} <= set(schema["properties"])
+    assert doc["components"]["schemas"]["Binary"]["properties"]["sha256"]["pattern"] == "^[0-9a-f]{64}$"
+    for path, method in (("/v1/kernels/{key}", "get"), ("/v1/kernels", "post")):
+        ok = doc["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok["$ref"] == "#/components/schemas/Manifest", (path, method, ok)
 
 
 def test_request_ids_are_returned(client: TestClient) -> None:
@@ -78,22 +88,41 @@ def test_blobs_support_etags(client: TestClient) -> None:
 
 
 def test_tuning_reports_are_validated_and_first_writer_wins(client: TestClient) -> None:
-    art = _artifact("alif", (300, 400))
+    art = _artifact("alif", (300, 400))  # binary 0 unaligned, binary 1 aligned-only
     _put(_store(client), art, now=1.0)
     url = f"/v1/kernels/{art.key}/tuning"
+    c0, c1 = config_id(0), config_id(1)
     bad = client.post(url, json={"target": "cuda:90", "choices": [
         {"kind": "inference", "bucket": 1, "variant": "aligned", "config_id": "nope"}]})
     assert bad.status_code == 422 and "unknown config" in bad.json()["detail"]
     assert client.post(url, json={"target": "cuda:80", "choices": [
-        {"kind": "inference", "bucket": 1, "variant": "aligned", "config_id": "c0"}]}).status_code == 422
+        {"kind": "inference", "bucket": 1, "variant": "aligned", "config_id": c0}]}).status_code == 422
     good = client.post(url, json={"target": "cuda:90", "choices": [
-        {"kind": "inference", "bucket": 1, "variant": "aligned", "config_id": "c1"}]})
+        {"kind": "inference", "bucket": 1, "variant": "aligned", "config_id": c1}]})
     assert good.status_code == 200 and good.json()["accepted"] == 1
     again = client.post(url, json={"target": "cuda:90", "choices": [
-        {"kind": "inference", "bucket": 1, "variant": "aligned", "config_id": "c0"}]})
+        {"kind": "inference", "bucket": 1, "variant": "aligned", "config_id": c0}]})
     assert again.json()["accepted"] == 0
     manifest = client.get(f"/v1/kernels/{art.key}").json()
-    assert manifest["tuning"]["cuda:90"]["inference"]["1"]["aligned"] == "c1"
+    assert manifest["tuning"]["cuda:90"]["inference"]["1"]["aligned"] == c1
+
+
+def test_a_tuning_choice_that_does_not_fit_its_alignment_is_a_422(client: TestClient) -> None:
+    """An aligned-only binary as the "unaligned" choice would read out of bounds: refused, nothing recorded."""
+    art = _artifact("alif", (300, 400))  # binary 0 unaligned, binary 1 aligned-only
+    _put(_store(client), art, now=1.0)
+    url = f"/v1/kernels/{art.key}/tuning"
+    ok = {"kind": "inference", "bucket": 2, "variant": "unaligned", "config_id": config_id(0)}
+    wrong = {"kind": "inference", "bucket": 1, "variant": "unaligned", "config_id": config_id(1)}
+    response = client.post(url, json={"target": "cuda:90", "choices": [ok, wrong]})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "aligned-only binary" in detail and "cannot be the 'unaligned' choice" in detail and config_id(1) in detail
+    assert client.get(f"/v1/kernels/{art.key}").json()["tuning"] == {}  # not even the good one of the report
+    # the same binary as the aligned choice is fine, and an unknown bucket is refused by the schema
+    assert client.post(url, json={"target": "cuda:090", "choices": [{**wrong, "variant": "aligned"}]}).json() == {
+        "accepted": 1, "tuning": {"inference": {"1": {"aligned": config_id(1)}}}}
+    assert client.post(url, json={"target": "cuda:90", "choices": [{**ok, "bucket": 5}]}).status_code == 422
 
 
 def test_delete_and_list(client: TestClient) -> None:

@@ -16,12 +16,13 @@ import neurons
 import pytest
 import store_damage
 from fastapi.testclient import TestClient
-from test_store import _artifact, _put
+from test_store import _artifact, _put, config_id
 
 import flexsn_service.api.routes.kernels as kernel_routes
 from flexsn_core import KernelSpec
 from flexsn_core.local import LocalStore
 from flexsn_service import Settings, create_app, schemas
+from flexsn_service.builds.manager import BuildActivity
 from flexsn_service.builds.source_check_pool import CheckUnavailable
 from flexsn_service.store import StoreError
 
@@ -40,13 +41,16 @@ class FakeRecord:
     error: str | None = None
     error_type: str | None = None
     user_error: bool = False
+    error_op: str | None = None
+    error_line: int | None = None
     log: deque[str] = field(default_factory=deque)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def to_dict(self) -> dict[str, Any]:
         return {"build_id": self.id, "key": self.key, "state": self.state, "targets": self.targets,
                 "progress": {"stage": self.state, "done": 0, "total": 0}, "error": self.error,
-                "error_type": self.error_type, "log_tail": list(self.log), "created": 1.0, "started": None,
+                "error_type": self.error_type, "user_error": self.user_error, "error_op": self.error_op,
+                "error_line": self.error_line, "log_tail": list(self.log), "created": 1.0, "started": None,
                 "finished": None}
 
 
@@ -61,12 +65,18 @@ class FakeBuilds:
         record = FakeRecord(spec.key, targets, state=self.next_state)
         if self.next_state == "failed":
             record.error, record.error_type, record.user_error = "aten.sort.default is not supported", "X", True
+            record.error_op, record.error_line = "aten.sort.default", 3
             record.done.set()
         self.records[record.id] = record
         return record, True
 
     def get(self, build_id: str) -> FakeRecord | None:
         return self.records.get(build_id)
+
+    def activity(self) -> BuildActivity:
+        records = list(self.records.values())
+        return BuildActivity([r for r in records if r.state in ("queued", "running")],
+                             [r for r in records if r.state == "failed"])
 
 
 class BrokenStore:
@@ -135,7 +145,7 @@ def test_the_openapi_document_matches_every_answer(client: TestClient) -> None:
     missing = "c" * 64
     big = {**_spec(), "source": "#" * (LIMIT + 10)}
     tuning = {"target": "cuda:90", "choices": [{"kind": "inference", "bucket": 1, "variant": "aligned",
-                                                "config_id": "c0"}]}
+                                                "config_id": config_id(0)}]}
     builds: FakeBuilds = _ctx(client).builds
     failed = FakeRecord(key, ["cuda:90"], state="failed", error="boom", user_error=True)
     builds.records[failed.id] = failed
@@ -176,7 +186,7 @@ def test_the_openapi_document_matches_every_answer(client: TestClient) -> None:
         ("get", "/v1/builds/" + "x" * 65, {"headers": R}), ("get", "/v1/builds/nope", {}),
         # status
         ("get", "/v1/stats", {"headers": R}), ("get", "/v1/stats", {}), ("get", "/metrics", {"headers": R}),
-        ("get", "/metrics", {}), ("get", "/healthz", {}),
+        ("get", "/metrics", {}), ("get", "/healthz", {}), ("get", "/v1/version", {}),
         # delete last
         ("delete", f"/v1/kernels/{missing}", {"headers": A}), ("delete", f"/v1/kernels/{key}", {"headers": B}),
         ("delete", f"/v1/kernels/{key}", {}), ("delete", f"/v1/kernels/{key}!", {"headers": A}),

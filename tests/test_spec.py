@@ -91,6 +91,25 @@ def test_key_moves_with_the_toolchain(monkeypatch: pytest.MonkeyPatch) -> None:
     assert KernelSpec.from_core(neurons.lif_hard, 1, 1, 1).key == base_key
     monkeypatch.setattr(spec_module, "CODEGEN_VERSION", "999")
     assert KernelSpec.from_core(neurons.lif_hard, 1, 1, 1).key != base_key
+    monkeypatch.undo()
+    # make_fx and AOTAutograd draw the graphs: the torch release is part of the key (issue #11) ...
+    monkeypatch.setattr(spec_module, "torch_version", lambda: "9.9.9")
+    assert KernelSpec.from_core(neurons.lif_hard, 1, 1, 1).key != base_key
+    monkeypatch.undo()
+    assert KernelSpec.from_core(neurons.lif_hard, 1, 1, 1).key == base_key
+
+
+def test_the_torch_version_in_the_key_ignores_the_build_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """... but not the local build tag: a CPU-only service shares keys with CUDA clients."""
+    import flexsn_core.spec as spec_module
+
+    versions = {}
+    for tag in ("2.11.0+cpu", "2.11.0+cu128", "2.11.0"):
+        monkeypatch.setattr(torch, "__version__", tag)
+        spec_module.torch_version.cache_clear()
+        versions[tag] = spec_module.torch_version()
+    spec_module.torch_version.cache_clear()
+    assert set(versions.values()) == {"2.11.0"}
 
 
 def test_key_does_not_trace_or_compile() -> None:

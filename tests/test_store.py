@@ -1,4 +1,8 @@
-"""The embedded store: content addressing, ordering, no pickles, LRU gc, verify."""
+"""The embedded (diskcache) store's own behaviour: no pickles, damage on disk (rows and files), LRU gc, verify.
+
+What every store shares (content addressing, blobs before manifests, listing, sizes, access times,
+locks, tuning) is the contract in tests/store_contract.py, run on this store by test_store_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,15 @@ import hashlib
 import pickle
 import sqlite3
 import tempfile
-import time
 from pathlib import Path
 
 import neurons
 import pytest
 import store_damage
 
-from flexsn_core import IntegrityError, KernelSpec
+from flexsn_core import KernelSpec
 from flexsn_core.artifacts import Artifact, build_artifacts, generate
-from flexsn_core.errors import ArtifactError
+from flexsn_core.compile import KernelConfig
 from flexsn_service.store import DiskStore, open_store
 
 
@@ -40,11 +43,20 @@ def _artifact(name: str, binary_sizes: tuple[int, ...] = (1000,), shared: bytes 
         sha = hashlib.sha256(data).hexdigest()
         blobs[sha] = data
         manifest["binaries"].append({
-            "kind": "inference", "target": "cuda:90", "config_id": f"c{i}", "sha256": sha, "size": len(data),
-            "config": {"block": 1024, "num_warps": 4, "num_stages": 1, "aligned": bool(i % 2)},
-            "launch": {}, "triton_metadata": {},
+            "kind": "inference", "target": "cuda:90", "config_id": config_id(i), "sha256": sha, "size": len(data),
+            "config": _config(i).to_dict(), "launch": {}, "triton_metadata": {},
         })
     return Artifact(manifest, blobs)
+
+
+def _config(i: int) -> KernelConfig:
+    """The config of the i-th fake binary: distinct per i; odd ones aligned."""
+    return KernelConfig(block=16 * (i + 1), num_warps=4, num_stages=1, aligned=bool(i % 2))
+
+
+def config_id(i: int) -> str:
+    """The (derived) config id of the i-th fake binary of :func:`_artifact`."""
+    return _config(i).id
 
 
 def _put(store: DiskStore, artifact: Artifact, now: float) -> None:
@@ -58,26 +70,6 @@ def store(tmp_path):  # noqa: ANN001, ANN201
     s = DiskStore(tmp_path / "store")
     yield s
     s.close()
-
-
-def test_round_trip_and_listing(store: DiskStore) -> None:
-    art = _artifact("lif_hard")
-    _put(store, art, now=1.0)
-    assert store.get_manifest(art.key) == art.manifest
-    for sha, data in art.blobs.items():
-        assert store.read_blob(sha) == data and store.blob_size(sha) == len(data)
-    page, cursor = store.list()
-    assert [i.key for i in page] == [art.key] and cursor is None
-    assert store.stats() == {"kernels": 1, "bytes": sum(len(b) for b in art.blobs.values())}
-
-
-def test_blobs_are_checked_and_manifests_need_their_blobs(store: DiskStore) -> None:
-    with pytest.raises(IntegrityError):
-        store.put_blob("0" * 64, b"not zeros")
-    art = _artifact("alif")
-    with pytest.raises(ArtifactError, match="not stored"):
-        store.put_manifest(art.manifest, now=1.0)
-    assert store.get_manifest(art.key) is None
 
 
 class _Boom:
@@ -153,16 +145,6 @@ def test_open_store_urls(tmp_path) -> None:  # noqa: ANN001
         open_store("redis://localhost:6379/0")
     with pytest.raises(ValueError, match="disk:PATH"):
         open_store("s3://bucket")
-
-
-def test_delete_kernel_removes_unshared_blobs(store: DiskStore) -> None:
-    a, b = _artifact("lif_hard", (300,)), _artifact("alif", (300,))
-    _put(store, a, now=time.time())
-    _put(store, b, now=time.time())
-    assert store.delete_kernel(a.key)
-    assert not store.delete_kernel(a.key)
-    assert all(not store.has_blob(sha) for sha in a.blobs)
-    assert all(store.has_blob(sha) for sha in b.blobs)
 
 
 # ------------------------------------------------------------------ healing

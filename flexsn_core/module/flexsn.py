@@ -26,9 +26,12 @@ from .. import providers
 from ..contract import (
     KERNEL_PATH,
     as_tuple,
+    cast_returns,
     check_call_args,
+    check_capture,
     check_counts,
     check_outputs_match,
+    check_scan_call,
     output_templates,
     validate_examples,
 )
@@ -45,6 +48,9 @@ logger = logging.getLogger("flexsn_core")
 
 #: backends that run the core in Python; every other backend name is a kernel provider
 PATH_BACKENDS = ("torch", "hop")
+
+#: (backend, device type) pairs whose fallback to the HOP path was already logged in this process
+_fallbacks_logged: set[tuple[str, str]] = set()
 
 
 class FlexSN(MemoryModule):
@@ -114,11 +120,12 @@ class FlexSN(MemoryModule):
         if arity_error:
             raise CoreSignatureError(arity_error)
         self._kernels: KernelOwner | None = None
-        self._fallback_logged = False
         self.backend = backend
         self.store_state_seqs = store_state_seqs
 
         if backend not in PATH_BACKENDS:
+            check_counts(KERNEL_PATH, num_inputs, num_states)
+            check_capture(core)
             examples = validate_examples(
                 KERNEL_PATH, core, num_inputs, num_states, num_outputs, example_inputs, self.static_tensors(),
                 default_device(),
@@ -208,6 +215,8 @@ class FlexSN(MemoryModule):
     def single_step_forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # A tuple, as SpikingJelly's single-step FlexSN returns for several outputs.
         results = as_tuple(self.core(*args, *self.states, *self.static_tensors()))
+        if args:
+            results = cast_returns(results, args[0].dtype)
         self.states = list(results[self.num_outputs :])
         return tuple(results[: self.num_outputs])
 
@@ -222,15 +231,19 @@ class FlexSN(MemoryModule):
         return kernel_forward(self, handle, args)
 
     def _kernel_handle(self, args: Sequence[torch.Tensor]) -> int | None:
+        if not args:
+            raise ValueError(f"FlexSN expected {self.num_inputs} input sequences, but got 0.")
         x0 = args[0]
         if self._kernels is None or not kernels_usable(x0.device):
-            if not self._fallback_logged and not torch.compiler.is_compiling():  # Dynamo cannot trace logging
-                logger.info(
+            # A warning, once per process and kind of device: a user must see that no kernels run.
+            seen = (self.backend, x0.device.type)
+            if seen not in _fallbacks_logged and not torch.compiler.is_compiling():  # logging: no Dynamo
+                _fallbacks_logged.add(seen)
+                logger.warning(
                     "FlexSN(backend=%r): no Triton kernels for %s tensors (set TRITON_INTERPRET=1 to run "
-                    "them on CPU); using the HOP path.",
+                    "them on CPU in Triton's interpreter); using the HOP path (a Python loop over time).",
                     self.backend, x0.device.type,
                 )
-                self._fallback_logged = True
             return None
         return self._kernels.handle(x0.dtype, x0.device)
 
@@ -245,12 +258,12 @@ class FlexSN(MemoryModule):
             "FlexSN.kernel", args, self.num_inputs + self.num_states,
             f"{self.num_inputs} input sequences + {self.num_states} initial states",
         )
-        if self._kernels is None or not kernels_usable(args[0].device) or any(
-            a.device != args[0].device for a in args
-        ):
+        ni = self.num_inputs
+        check_scan_call(args[:ni], args[ni:], self.static_tensors(), ni, self.num_states, len(self._static_names))
+        if self._kernels is None or not kernels_usable(args[0].device):
             raise RuntimeError(
                 "FlexSN.kernel is unavailable: FlexSN Triton kernels are not ready, or inputs are not "
-                "CUDA tensors (or CPU tensors under TRITON_INTERPRET=1) on a single device."
+                "CUDA tensors (or CPU tensors under TRITON_INTERPRET=1)."
             )
         handle = self._kernels.handle(args[0].dtype, args[0].device)
         if handle is None:

@@ -8,7 +8,14 @@ from typing import Any
 
 import torch
 
-from ..contract import KERNEL_PATH, check_call_args, validate_examples
+from ..contract import (
+    KERNEL_PATH,
+    check_call_args,
+    check_capture,
+    check_counts,
+    check_scan_call,
+    validate_examples,
+)
 from .owner import KernelOwner
 from .paths import default_device, kernels_usable, run_kernel
 
@@ -34,6 +41,8 @@ class FlexSNKernel:
                 "torch.cuda.is_available() is False. Use FlexSN with backend='torch' or backend='hop' "
                 "for non-Triton paths."
             )
+        check_counts(KERNEL_PATH, num_inputs, num_states)
+        check_capture(core)
         examples = validate_examples(
             KERNEL_PATH, core, num_inputs, num_states, num_outputs, example_inputs, (), default_device()
         )
@@ -47,10 +56,11 @@ class FlexSNKernel:
             "FlexSNKernel", args, self.num_inputs + self.num_states,
             f"{self.num_inputs} input sequences + {self.num_states} initial states",
         )
-        if not kernels_usable(args[0].device) or any(a.device != args[0].device for a in args):
+        ni = self.num_inputs
+        check_scan_call(args[:ni], args[ni:], (), ni, self.num_states, 0)
+        if not kernels_usable(args[0].device):
             raise RuntimeError(
-                "FlexSNKernel requires all input sequences and initial states to be CUDA tensors on the "
-                "same device (or CPU tensors under TRITON_INTERPRET=1)."
+                "FlexSNKernel requires CUDA tensors (or CPU tensors under TRITON_INTERPRET=1)."
             )
         handle = self._kernels.handle(args[0].dtype, args[0].device)
         if handle is None:

@@ -11,13 +11,14 @@ Each takes the module and updates its ``states`` (and ``state_seqs``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .. import ops
-from ..contract import as_tuple
+from ..contract import as_tuple, cast_returns, check_scan_call
 from ..hop import eager_scan_final_state, empty_outputs, flex_sn_scan
 from ..hop_lowerable import compiled_scan
 from ..settings import interpreter_enabled
@@ -25,16 +26,53 @@ from ..settings import interpreter_enabled
 if TYPE_CHECKING:
     from .flexsn import FlexSN
 
-__all__ = ["torch_forward", "hop_forward", "kernel_forward", "run_kernel", "kernels_usable", "default_device"]
+__all__ = [
+    "torch_forward", "hop_forward", "kernel_forward", "run_kernel", "kernels_usable", "default_device",
+    "INTERPRETER_ON_CUDA",
+]
+
+#: Why CUDA tensors and TRITON_INTERPRET=1 do not mix (issue #11: `pytest -m gpu` under a forced
+#: TRITON_INTERPRET=1 failed in triton.compile). The variable switches all of Triton, Inductor's
+#: kernels included, to its CPU interpreter; a GPU run must not have it.
+INTERPRETER_ON_CUDA = (
+    "FlexSN kernels cannot run on CUDA tensors while TRITON_INTERPRET=1 is set: it switches all of Triton "
+    "(FlexSN's kernels and Inductor's) to its CPU interpreter, which only runs CPU tensors. Unset "
+    "TRITON_INTERPRET for GPU runs (it is for CPU tensors: tests and CI), or run this model on CPU tensors."
+)
 
 
 def kernels_usable(device: torch.device) -> bool:
-    """Kernels run on CUDA tensors, and on CPU tensors in Triton's interpreter."""
-    return device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
+    """Kernels run on CUDA tensors, and on CPU tensors in Triton's interpreter.
+
+    CUDA tensors under ``TRITON_INTERPRET=1`` are a configuration error (see
+    :data:`INTERPRETER_ON_CUDA`), raised as a ``RuntimeError``.
+    """
+    if device.type == "cuda":
+        if interpreter_enabled():
+            raise RuntimeError(INTERPRETER_ON_CUDA)
+        return True
+    return device.type == "cpu" and interpreter_enabled()
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """Where kernels are built when no example says: CPU under the interpreter, else CUDA if present."""
+    if interpreter_enabled() or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def _check_call(m: FlexSN, args: Sequence[torch.Tensor], states: Sequence[torch.Tensor] | None) -> None:
+    check_scan_call(args, states or (), m.static_tensors(), m.num_inputs, m.num_states, len(m._static_names))
+
+
+def _casting(core: Any, dtype: torch.dtype) -> Any:
+    """The core with floating-point returns cast to ``dtype`` (what the kernels do; see cast_returns)."""
+
+    @functools.wraps(core)
+    def step(*args: torch.Tensor) -> Any:
+        return cast_returns(as_tuple(core(*args)), dtype)
+
+    return step
 
 
 def requires_grad(value: Any) -> bool:
@@ -45,10 +83,17 @@ def requires_grad(value: Any) -> bool:
     return False
 
 
-def torch_forward(m: FlexSN, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    T = args[0].shape[0]
+def _init_and_check(m: FlexSN, args: Sequence[torch.Tensor]) -> None:
+    """States initialized if absent, then the call checked (before any step runs)."""
     if m.states is None:
+        _check_call(m, args, None)  # init_states reads the inputs
         m.states = m.init_states(m.num_states, "m", *args)
+    _check_call(m, args, m.states)
+
+
+def torch_forward(m: FlexSN, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    _init_and_check(m, args)
+    T = args[0].shape[0]
     if T == 0:
         if m.num_outputs > 0 and m._output_templates is None:
             raise ValueError(
@@ -63,8 +108,9 @@ def torch_forward(m: FlexSN, args: Sequence[torch.Tensor]) -> list[torch.Tensor]
     outs: list[list[torch.Tensor]] = [[] for _ in range(m.num_outputs)]
     seqs: list[list[torch.Tensor]] = [[] for _ in range(m.num_states)]
     states = m.states
+    dtype = args[0].dtype
     for t in range(T):
-        results = as_tuple(m.core(*(x[t] for x in args), *states, *statics))
+        results = cast_returns(as_tuple(m.core(*(x[t] for x in args), *states, *statics)), dtype)
         for i in range(m.num_outputs):
             outs[i].append(results[i])
         states = list(results[m.num_outputs :])
@@ -78,15 +124,14 @@ def torch_forward(m: FlexSN, args: Sequence[torch.Tensor]) -> list[torch.Tensor]
 
 
 def hop_forward(m: FlexSN, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    if m.states is None:
-        m.states = m.init_states(m.num_states, "m", *args)
+    _init_and_check(m, args)
     flat = [*args, *(s.contiguous() for s in m.states), *m.static_tensors()]
     if torch.compiler.is_compiling():
         scan = compiled_scan(m.store_state_seqs)
     else:
         scan = flex_sn_scan if m.store_state_seqs else eager_scan_final_state
     results = scan(
-        m.core, m.num_inputs, m.num_states, m.num_outputs, *flat,
+        _casting(m.core, args[0].dtype), m.num_inputs, m.num_states, m.num_outputs, *flat,
         output_template_specs=m._output_templates,
     )
     outs = list(results[: m.num_outputs])

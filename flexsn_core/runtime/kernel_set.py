@@ -169,14 +169,9 @@ class KernelSet:
                 f"the artifact has no {kind} binary for {target}; ask the service to build "
                 f"this arch (FLEXSN_SERVICE_TARGETS) or build locally"
             )
+        # A tuned choice that does not fit (e.g. an aligned binary as the unaligned choice, which
+        # would read out of bounds) is ignored with a warning by the manifest module: None here.
         config_id = self.tuned_config_id(target, kind, bucket, aligned)
-        if config_id is not None and all(c.id != config_id for c in candidates):
-            # An aligned binary on unaligned pointers reads out of bounds: never trust such a choice.
-            logger.warning(
-                "ignoring the tuned %s choice %r for %s bucket %d (%s): no usable binary of that config",
-                kind, config_id, target, bucket, variant_name(aligned),
-            )
-            config_id = None
         if config_id is None:
             if settings.autotune_enabled() and len(candidates) > 1 and not _cuda.capturing():
                 config_id = self._autotune(kind, target, bucket, aligned, candidates, index, n, ptr_args, device)

@@ -35,8 +35,11 @@ class StaticArg:
     elem_shape: torch.Size  # the per-step shape it was broadcast to
 
     @classmethod
-    def prepare(cls, static: torch.Tensor, elem_shape: torch.Size, dtype: torch.dtype) -> StaticArg:
-        t = static.detach().to(dtype)
+    def prepare(
+        cls, static: torch.Tensor, elem_shape: torch.Size, dtype: torch.dtype, device: torch.device | None = None
+    ) -> StaticArg:
+        """``device``: the inputs' device; a 0-dim CPU static (allowed, as in PyTorch) is copied there."""
+        t = static.detach().to(device=device, dtype=dtype)
         if t.numel() == 1:
             return cls(t.reshape(1).contiguous(), 0, static.shape, torch.Size(elem_shape))
         try:

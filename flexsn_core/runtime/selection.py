@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .. import manifest as _manifest
 from ..compile import KernelConfig
+from ..manifest import BUCKET_BOUNDS, TuningChoice, variant_name
 
 __all__ = [
     "BUCKET_BOUNDS",
@@ -26,9 +28,6 @@ __all__ = [
     "ChoiceCache",
 ]
 
-#: Upper bounds (inclusive) of the element-count buckets used for tuning.
-BUCKET_BOUNDS = (1 << 16, 1 << 20, 1 << 22, 1 << 24)
-
 
 def size_bucket(numel: int) -> int:
     """Tuning bucket of a per-step element count: 0 (small) .. 4 (huge)."""
@@ -36,11 +35,6 @@ def size_bucket(numel: int) -> int:
         if numel <= bound:
             return i
     return len(BUCKET_BOUNDS)
-
-
-def variant_name(aligned: bool) -> str:
-    """The tuning table's name of an alignment variant."""
-    return "aligned" if aligned else "unaligned"
 
 
 def usable_configs(configs: Sequence[KernelConfig], aligned: bool) -> list[KernelConfig]:
@@ -56,20 +50,24 @@ def default_config_id(configs: Sequence[KernelConfig], aligned: bool) -> str:
 
 
 def tuned_config_id(manifest: Mapping[str, Any], target: str, kind: str, bucket: int, aligned: bool) -> str | None:
-    """The manifest's tuned config id for (target, kind, bucket, variant), if any."""
-    choice = manifest.get("tuning", {}).get(target, {}).get(kind, {}).get(str(bucket))
-    if isinstance(choice, dict):
-        found = choice.get(variant_name(aligned))
-        return found if isinstance(found, str) else None
-    return None
+    """The manifest's usable tuned config id for (target, kind, bucket, variant), if any.
+
+    Read through :func:`flexsn_core.manifest.tuned_config_id`: a choice that does
+    not fit the binaries (an aligned-only binary as the unaligned choice, an
+    unknown config) is ignored with a warning, as if the bucket were untuned.
+    """
+    return _manifest.tuned_config_id(manifest, target, kind, bucket, variant_name(aligned))
 
 
 def record_choice(
     manifest: dict[str, Any], target: str, kind: str, bucket: int, aligned: bool, config_id: str
-) -> None:
-    """Write a tuned choice into the manifest's ``tuning`` table (in place)."""
-    table = manifest.setdefault("tuning", {}).setdefault(target, {}).setdefault(kind, {})
-    table.setdefault(str(bucket), {})[variant_name(aligned)] = config_id
+) -> bool:
+    """Record a tuned choice in the manifest (in place, :func:`flexsn_core.manifest.record_tuning`).
+
+    True if it was new; the first choice of a bucket and variant wins.
+    """
+    choice = TuningChoice(target=target, kind=kind, bucket=bucket, variant=variant_name(aligned), config_id=config_id)
+    return _manifest.record_tuning(manifest, choice)
 
 
 #: ``(kind, device index, size bucket, aligned)``

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, Security
@@ -42,8 +41,6 @@ class ServiceContext:
     gpu_target: str | None
     #: runs the source check off the event loop
     checks: SourceCheckPool
-    #: tuning reports are rare; one lock keeps their read-merge-write of a manifest atomic
-    tuning_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def get_ctx(request: Request) -> ServiceContext:

@@ -41,12 +41,17 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class AuthGateMiddleware:
-    def __init__(self, app: Any, public_paths: Iterable[str]) -> None:
+    def __init__(self, app: Any, public_paths: Iterable[str], public_prefixes: Iterable[str] = ()) -> None:
         self.app = app
         self.public_paths = frozenset(p for p in public_paths if p)
+        #: folders of static files (each ends with "/" and is a mount: nothing else is routed below it)
+        self.public_prefixes = tuple(p for p in public_prefixes if p)
+
+    def _public(self, path: str) -> bool:
+        return path in self.public_paths or path.startswith(self.public_prefixes)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path") not in self.public_paths:
+        if scope["type"] == "http" and not self._public(scope.get("path", "")):
             ctx = getattr(scope["app"].state, "ctx", None)
             if ctx is not None:  # None only before start-up finished
                 client = scope.get("client")

@@ -11,8 +11,9 @@
    requested spec, optionally autotunes on the local GPU (``tuner.py``), then
    stores blobs first and the manifest last.
 
-Concurrent requests for one key join the build in flight; a failed build is
-remembered for ``failure_ttl_s`` (the same spec and targets fail at once
+Concurrent requests for one key join a build in flight that compiles every
+target they ask for (else they start their own; binaries of one key are merged
+under a lock when stored); a failed build is remembered for ``failure_ttl_s`` (the same spec and targets fail at once
 instead of being rebuilt). Every wait has a timeout, the build slot is always
 released, and every process a build started is killed when it ends.
 """
@@ -28,11 +29,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from flexsn_core.artifacts import merge_binaries, referenced_blobs, sha256_hex, validate_manifest
+from flexsn_core.artifacts import sha256_hex
 from flexsn_core.compile import KernelConfig
 from flexsn_core.errors import ArtifactError
+from flexsn_core.manifest import iter_choices, record_tuning, referenced_blobs, validate_manifest
 from flexsn_core.spec import KernelSpec
 
 from ..metrics import ServiceMetrics
@@ -43,12 +45,21 @@ from .process import Worker, WorkerResult
 from .records import BuildFailure, BuildRecord, RecordBook
 from .workdir import create_work_dir, remove_work_dir
 
-__all__ = ["BuildRecord", "BuildFailure", "BuildManager"]
+__all__ = ["BuildRecord", "BuildFailure", "BuildManager", "BuildActivity"]
 
 logger = logging.getLogger("flexsn_service.builds")
 
 #: Output cap of our own (unjailed) compile and tuner processes: progress events only.
 _TRUSTED_OUTPUT_BYTES = 1 << 20
+
+
+class BuildActivity(NamedTuple):
+    """What the builds are doing, for /v1/stats and the status page."""
+
+    #: queued or running, oldest first
+    in_flight: list[BuildRecord]
+    #: failed within the window, newest first
+    recent_failures: list[BuildRecord]
 
 
 class BuildManager:
@@ -83,6 +94,7 @@ class BuildManager:
         self.work_dir = create_work_dir(work_root)
         self._slots = asyncio.Semaphore(workers)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Two builds of one key (different targets) may finish together: merge their binaries one at a time.
         self._active: set[Worker] = set()
         self._closing = False
         self._tracers = SparePool("jail", self._start_tracer, workers)
@@ -104,6 +116,16 @@ class BuildManager:
 
     def get(self, build_id: str) -> BuildRecord | None:
         return self.book.get(build_id)
+
+    def activity(self, window_s: float = 3600.0) -> BuildActivity:
+        """Builds in flight and the ones that failed in the last ``window_s`` (read-only)."""
+        now = time.time()
+        records = list(self.book.records.values())
+        failed = [r for r in records if r.state == "failed" and r.finished is not None and now - r.finished < window_s]
+        return BuildActivity(
+            in_flight=sorted((r for r in records if r.finished is None), key=lambda r: r.created),
+            recent_failures=sorted(failed, key=lambda r: r.finished or 0.0, reverse=True),
+        )
 
     def start(self) -> None:
         """Start the warmed-up spare workers (call from the running event loop)."""
@@ -139,7 +161,8 @@ class BuildManager:
                 manifest, blobs = self._collect(record, out_dir)
                 if self.tune_on_gpu:
                     record.progress = {"stage": "autotuning", "done": 0, "total": 0}
-                    manifest["tuning"] = await self._tune(record, out_dir)
+                    for choice in iter_choices(await self._tune(record, out_dir, manifest)):
+                        record_tuning(manifest, choice)
                 record.progress = {"stage": "storing", "done": 0, "total": 0}
                 await asyncio.to_thread(self._store, manifest, blobs)
             record.state = "succeeded"
@@ -147,6 +170,7 @@ class BuildManager:
             self.metrics.builds_succeeded.inc()
         except BuildFailure as exc:
             remember = exc.remember
+            record.error_op, record.error_line = exc.op, exc.line
             self._fail(record, str(exc), exc.error_type, exc.user_error)
         except asyncio.CancelledError:
             remember = False
@@ -254,7 +278,8 @@ class BuildManager:
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env
 
-    async def _tune(self, record: BuildRecord, out_dir: Path) -> dict[str, Any]:
+    async def _tune(self, record: BuildRecord, out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The tuner's table (``tuning[target][kind][bucket][variant]``), checked against ``manifest``."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "flexsn_service.builds.tuner", str(out_dir),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -272,9 +297,11 @@ class BuildManager:
         if result.returncode != 0:
             raise BuildFailure(f"autotuning failed (exit status {result.returncode})", "TunerFailed", False)
         try:
-            return json.loads((out_dir / "tuning.json").read_text())
-        except (OSError, ValueError) as exc:
+            table = json.loads((out_dir / "tuning.json").read_text())
+            validate_manifest({**manifest, "tuning": table})  # its shape, and every choice fits its binaries
+        except (OSError, ValueError, ArtifactError) as exc:
             raise BuildFailure(f"autotuning wrote no usable table: {exc}", "TunerFailed", False) from exc
+        return table
 
     def _collect(self, record: BuildRecord, out_dir: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         """Read and verify what the compile step wrote (trusted code, but verify before storing)."""
@@ -298,14 +325,13 @@ class BuildManager:
 
     def _store(self, manifest: dict[str, Any], blobs: dict[str, bytes]) -> None:
         try:
-            existing = self.store.get_manifest(manifest["key"])
-            if existing is not None:
-                manifest = merge_binaries(existing, manifest)
             for sha, data in blobs.items():  # blobs first ...
                 self.store.put_blob(sha, data)
-            self.store.put_manifest(manifest, now=time.time())  # ... the manifest last
+            # ... the manifest last, merged with the stored one (other targets, tuned choices) under its lock
+            self.store.merge_manifest(manifest, now=time.time())
         except (ArtifactError, OSError) as exc:
             raise BuildFailure(f"could not store the artifact: {exc}", "StoreError", False, remember=False) from exc
+
 
 
 def _outcome(
@@ -324,7 +350,12 @@ def _outcome(
     event = result.event or {}
     if event.get("event") == "error":
         user = True if jailed else bool(event.get("user_error", True))
-        raise BuildFailure(str(event.get("message", "build failed")), str(event.get("type", "Error")), user)
+        op, line = event.get("op"), event.get("line")
+        raise BuildFailure(
+            str(event.get("message", "build failed")), str(event.get("type", "Error")), user,
+            op=op if isinstance(op, str) else None,
+            line=line if isinstance(line, int) and not isinstance(line, bool) else None,
+        )
     if result.returncode == 0 and (event.get("event") == "done" or result.ir is not None):
         return result
     code = result.returncode

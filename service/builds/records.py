@@ -1,4 +1,11 @@
-"""Build records: what a build is doing, single flight per key, and remembered failures."""
+"""Build records: what a build is doing, single flight per (key, targets), and remembered failures.
+
+Single flight: a request joins a build in flight for the same key only when
+that build compiles every target the request asks for (issue #11: a request
+for ``cuda:90`` that joined an in-flight ``cuda:80`` build got a manifest
+without ``cuda:90``). Otherwise it starts its own build for its targets; the
+two builds' binaries are merged when they are stored.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +33,9 @@ class BuildRecord:
     error: str | None = None
     error_type: str | None = None
     user_error: bool = False
+    #: for an UnsupportedOpError: the aten op and the line of the core source (the client raises the same error)
+    error_op: str | None = None
+    error_line: int | None = None
     log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -41,6 +51,9 @@ class BuildRecord:
             "progress": self.progress,
             "error": self.error,
             "error_type": self.error_type,
+            "user_error": self.user_error,
+            "error_op": self.error_op,
+            "error_line": self.error_line,
             "log_tail": list(self.log),
             "created": self.created,
             "started": self.started,
@@ -57,11 +70,22 @@ class BuildFailure(Exception):
     itself, such as a store error or a shutdown).
     """
 
-    def __init__(self, message: str, error_type: str, user_error: bool, *, remember: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        error_type: str,
+        user_error: bool,
+        *,
+        remember: bool = True,
+        op: str | None = None,
+        line: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.user_error = user_error
         self.remember = remember
+        self.op = op
+        self.line = line
 
 
 class RecordBook:
@@ -72,17 +96,19 @@ class RecordBook:
         self.keep_s = keep_s
         self.max_records = max_records
         self.records: OrderedDict[str, BuildRecord] = OrderedDict()
-        self.inflight: dict[str, BuildRecord] = {}
+        #: builds in flight by key: a key may have several, for different targets
+        self.inflight: dict[str, list[BuildRecord]] = {}
         self._failures: dict[tuple[str, tuple[str, ...]], BuildRecord] = {}
 
     def get(self, build_id: str) -> BuildRecord | None:
         return self.records.get(build_id)
 
     def current(self, key: str, targets: list[str]) -> BuildRecord | None:
-        """The build in flight for ``key``, or a failure of these targets that is still remembered."""
-        record = self.inflight.get(key)
-        if record is not None:
-            return record
+        """A build in flight for ``key`` that covers ``targets``, or a failure of these targets still remembered."""
+        wanted = set(targets)
+        for record in self.inflight.get(key, ()):
+            if wanted <= set(record.targets):
+                return record
         failed = self._failures.get((key, tuple(sorted(targets))))
         if failed is not None and failed.finished is not None and time.time() - failed.finished < self.failure_ttl_s:
             return failed
@@ -91,12 +117,15 @@ class RecordBook:
     def add(self, record: BuildRecord) -> None:
         self._prune()
         self.records[record.id] = record
-        self.inflight[record.key] = record
+        self.inflight.setdefault(record.key, []).append(record)
 
     def finish(self, record: BuildRecord, *, remember_failure: bool) -> None:
         record.finished = time.time()
-        if self.inflight.get(record.key) is record:
-            del self.inflight[record.key]
+        running = [r for r in self.inflight.get(record.key, ()) if r is not record]
+        if running:
+            self.inflight[record.key] = running
+        else:
+            self.inflight.pop(record.key, None)
         if record.state == "failed" and remember_failure and self.failure_ttl_s > 0:
             self._failures[(record.key, tuple(sorted(record.targets)))] = record
         record.done.set()

@@ -1,7 +1,10 @@
-"""Stores for artifacts: one interface, an embedded diskcache implementation.
+"""The service's artifact stores: the embedded diskcache implementation of flexsn_core's interface.
 
-``open_store("disk:PATH")`` opens the embedded store. ``redis://`` URLs are
-reserved for the shared store of several replicas (not implemented yet).
+The interface (``Store`` = :class:`flexsn_core.store.ArtifactStore`) and its
+rules live in flexsn_core, shared with the client's mirror; every
+implementation runs ``tests/store_contract.py``. ``open_store("disk:PATH")``
+opens the embedded store. ``redis://`` URLs are reserved for the shared store
+of several replicas (not implemented yet).
 """
 
 from __future__ import annotations

@@ -80,6 +80,9 @@ class BytesOnlyDisk(diskcache.Disk):
 class DiskStore(Store):
     """Blobs, manifests and access times in one diskcache directory."""
 
+    def __repr__(self) -> str:
+        return f"DiskStore({str(self.directory)!r})"
+
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -163,7 +166,10 @@ class DiskStore(Store):
     def iter_manifest_keys(self) -> Iterator[str]:
         return iter([key[len(_MANIFEST) :] for key in self._keys(_MANIFEST)])
 
-    def _transaction(self) -> AbstractContextManager[Any]:
+    def _key_lock(self, key: str) -> AbstractContextManager[Any]:
+        # One SQLite write transaction (BEGIN IMMEDIATE): exclusive between the threads and
+        # processes sharing the directory, reentrant in one thread. Coarser than one key,
+        # and held for milliseconds (a manifest read, merge and write).
         return self._cache.transact()
 
     def check(self) -> None:

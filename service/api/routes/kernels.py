@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 
 from flexsn_core.compile import canonical_target
+from flexsn_core.manifest import Manifest, TuningChoice, TuningError, targets_of
 from flexsn_core.spec import KernelSpec
 
 from ...builds.source_check import SourceRejected
@@ -34,8 +35,7 @@ router = APIRouter(prefix="/v1/kernels", tags=["kernels"])
 #: before it answers 202 and leaves the rest to polling: a request never hangs on a build.
 WAIT_MARGIN_S = 60.0
 
-_MANIFEST = {"description": "the manifest (spec, kernels, binaries by sha256, tuning)",
-             "content": {"application/json": {"schema": {"type": "object"}}}}
+_MANIFEST = {"model": Manifest, "description": "the manifest (spec, kernels, binaries by sha256, tuning)"}
 _FAILED_BUILD = {"model": ErrorMessage | BuildFailed}
 
 
@@ -66,8 +66,7 @@ def _targets(requested: list[str] | None, ctx: Ctx) -> list[str]:
 
 
 def _has_targets(manifest: dict[str, Any], targets: list[str]) -> bool:
-    have = {b["target"] for b in manifest["binaries"]}
-    return all(t in have for t in targets)
+    return set(targets) <= targets_of(manifest)
 
 
 def _failure_detail(record: Any) -> dict[str, Any]:
@@ -75,6 +74,8 @@ def _failure_detail(record: Any) -> dict[str, Any]:
         "message": f"the build failed: {record.error}",
         "build_id": record.id,
         "error_type": record.error_type,
+        "error_op": record.error_op,
+        "error_line": record.error_line,
         "log_tail": list(record.log)[-10:],
     }
 
@@ -87,6 +88,7 @@ def _accepted(record: Any, key: str) -> JSONResponse:
 @router.post(
     "",
     status_code=200,
+    response_model=Manifest,
     responses={
         200: _MANIFEST,
         202: {"model": BuildAccepted, "description": "not cached: a build was started or joined (poll status_url)"},
@@ -110,7 +112,7 @@ async def request_kernels(
         ctx.metrics.hits.inc()
         return JSONResponse(manifest)
     ctx.metrics.misses.inc()
-    have = {b["target"] for b in manifest["binaries"]} if manifest else set()
+    have = targets_of(manifest) if manifest else set()
     record, _ = ctx.builds.request(spec, [t for t in targets if t not in have])
     if not wait:
         return _accepted(record, spec.key)
@@ -140,7 +142,9 @@ async def list_kernels(
     )
 
 
-@router.get("/{key}", summary="The manifest of a stored kernel",
+# response_model documents the manifest's schema; the stored manifest (validated when it was read)
+# is sent as it is, without a second pass through pydantic on every read.
+@router.get("/{key}", summary="The manifest of a stored kernel", response_model=Manifest,
             responses={200: _MANIFEST, **errors(*AUTH_ERRORS, 404, 422, 503)})
 async def get_kernel(key: SpecKey, ctx: Ctx, _auth: ReadScope) -> Any:
     manifest = await asyncio.to_thread(ctx.store.get_intact_manifest, key, touch=True)
@@ -207,24 +211,16 @@ async def delete_kernel(key: SpecKey, ctx: Ctx, _auth: AdminScope) -> Response:
 @router.post("/{key}/tuning", response_model=TuningResult, responses=errors(*AUTH_ERRORS, 404, 413, 422, 503),
              summary="Report tuned config choices a GPU client measured")
 async def report_tuning(key: SpecKey, body: TuningReport, ctx: Ctx, _auth: BuildScope) -> TuningResult:
+    """Every choice is checked against the kernel's binaries (flexsn_core.manifest): a config it lacks,
+    or an aligned-only binary as the ``unaligned`` choice, is a 422 and nothing is recorded. The
+    first choice per (target, kind, bucket, variant) wins; concurrent reports merge under the key's lock."""
     [target] = _targets([body.target], ctx)
-    async with ctx.tuning_lock:
-        manifest = await asyncio.to_thread(ctx.store.get_manifest, key)
-        if manifest is None:
-            raise HTTPException(404, f"no kernel with key {key}")
-        available = {(b["kind"], b["config_id"]) for b in manifest["binaries"] if b["target"] == target}
-        if not available:
-            raise HTTPException(422, f"the kernel has no binaries for {target}")
-        for choice in body.choices:
-            if (choice.kind, choice.config_id) not in available:
-                raise HTTPException(422, f"unknown config {choice.config_id!r} for the {choice.kind} kernel on {target}")
-        table = manifest.setdefault("tuning", {}).setdefault(target, {})
-        accepted = 0
-        for choice in body.choices:
-            bucket = table.setdefault(choice.kind, {}).setdefault(str(choice.bucket), {})
-            if choice.variant not in bucket:  # the first measurement of a bucket wins
-                bucket[choice.variant] = choice.config_id
-                accepted += 1
-        if accepted:
-            await asyncio.to_thread(ctx.store.put_manifest, manifest, now=time.time())
+    choices = [TuningChoice(target=target, **choice.model_dump()) for choice in body.choices]
+    try:
+        result = await asyncio.to_thread(ctx.store.record_tuning, key, choices, now=time.time())
+    except TuningError as exc:
+        raise HTTPException(422, f"tuning report refused: {exc}") from None
+    if result is None:
+        raise HTTPException(404, f"no kernel with key {key}")
+    accepted, manifest = result
     return TuningResult(accepted=accepted, tuning=manifest["tuning"].get(target, {}))

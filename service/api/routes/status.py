@@ -1,4 +1,4 @@
-"""/v1/stats, /metrics and /healthz."""
+"""/v1/stats, /v1/version, /metrics and /healthz."""
 
 from __future__ import annotations
 
@@ -7,25 +7,49 @@ import asyncio
 from fastapi import APIRouter, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ...schemas import Health, Stats
+from ...overview import Overview, gather
+from ...schemas import Health, Stats, TargetStats, Versions
 from ...store import StoreError
+from ...versions import versions
 from ..deps import AUTH_ERRORS, Ctx, ReadScope, errors
 
 router = APIRouter(tags=["status"])
 
 
-@router.get("/v1/stats", response_model=Stats, responses=errors(*AUTH_ERRORS, 503), summary="Cache hits and misses, builds, store size")
-async def get_stats(ctx: Ctx, _auth: ReadScope) -> Stats:
-    m = ctx.metrics
-    size = await asyncio.to_thread(ctx.store.stats)
+def stats_of(overview: Overview) -> Stats:
     return Stats(
-        hits=m.value("flexsn_cache_hits"),
-        misses=m.value("flexsn_cache_misses"),
-        builds_started=m.value("flexsn_builds_started"),
-        builds_succeeded=m.value("flexsn_builds_succeeded"),
-        builds_failed=m.value("flexsn_builds_failed"),
-        **size,
+        hits=overview.hits,
+        misses=overview.misses,
+        hit_rate=overview.hit_rate,
+        builds_started=overview.builds_started,
+        builds_succeeded=overview.builds_succeeded,
+        builds_failed=overview.builds_failed,
+        builds_in_flight=len(overview.builds.in_flight),
+        builds_failed_last_hour=len(overview.builds.recent_failures),
+        kernels=overview.kernels,
+        bytes=overview.bytes,
+        max_bytes=overview.max_bytes,
+        store=overview.store,
+        by_target={t.target: TargetStats(kernels=t.kernels, last_use=t.last_use) for t in overview.census.by_target},
+        by_target_complete=overview.census.complete,
+        started=overview.started,
+        versions=Versions(**overview.versions),
     )
+
+
+@router.get("/v1/stats", response_model=Stats, responses=errors(*AUTH_ERRORS, 503),
+            summary="Hits, misses and hit rate, builds, store size and limit, kernels per target, versions")
+async def get_stats(ctx: Ctx, _auth: ReadScope) -> Stats:
+    activity = ctx.builds.activity()  # on the event loop, where build records change
+    return stats_of(await asyncio.to_thread(gather, ctx, activity))
+
+
+@router.get("/v1/version", response_model=Versions,
+            summary="Package, API, codegen, IR, Triton, torch and Python versions (no token needed)")
+async def get_version() -> Versions:
+    # Open like /healthz: a client compares versions (keys depend on codegen and Triton) and
+    # recognises a flexsn-cache server before it has a token. Versions are not secrets.
+    return Versions(**versions())
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
@@ -37,10 +61,11 @@ async def get_metrics(ctx: Ctx, _auth: ReadScope) -> Response:
 
 
 @router.get("/healthz", response_model=Health, responses=errors(503),
-            summary="Liveness and a store read/write check (no token needed)")
+            summary="Liveness, a store read/write check and the versions (no token needed)")
 async def healthz(ctx: Ctx) -> Health:
     try:
         await asyncio.to_thread(ctx.store.check)
     except StoreError as exc:
         raise HTTPException(503, f"store check failed: {exc}") from None
-    return Health(status="ok", store="ok", auth="tokens" if ctx.tokens.enabled else "localhost-only")
+    return Health(status="ok", store="ok", auth="tokens" if ctx.tokens.enabled else "localhost-only",
+                  versions=Versions(**versions()))

@@ -1,0 +1,51 @@
+"""The store contract (tests/store_contract.py) against every artifact store implementation.
+
+Adding an implementation: one line in IMPLEMENTATIONS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from store_contract import StoreContract
+
+from flexsn_core.local import LocalStore
+from flexsn_core.store import ArtifactStore, FileStore
+from flexsn_service.store import DiskStore
+
+#: name -> a fresh, empty store in a temporary folder
+IMPLEMENTATIONS: dict[str, Callable[[Path], ArtifactStore]] = {
+    "mirror": lambda tmp: LocalStore(tmp / "mirror"),  # the client's mirror and local builds (a FileStore)
+    "diskcache": lambda tmp: DiskStore(tmp / "disk"),  # the service's embedded store
+}
+
+
+@pytest.fixture(params=list(IMPLEMENTATIONS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ArtifactStore]:
+    s = IMPLEMENTATIONS[request.param](tmp_path)
+    yield s
+    s.close()
+
+
+class TestStoreContract(StoreContract):
+    """Every test of the contract, once per implementation."""
+
+
+def _concrete_subclasses(cls: type) -> set[type]:
+    found = set()
+    for sub in cls.__subclasses__():
+        if not getattr(sub, "__abstractmethods__", None):
+            found.add(sub)
+        found |= _concrete_subclasses(sub)
+    return found
+
+
+def test_every_store_implementation_runs_the_contract(tmp_path: Path) -> None:
+    tested = {type(make(tmp_path / name)) for name, make in IMPLEMENTATIONS.items()}
+    assert {LocalStore, DiskStore} <= tested
+    for impl in _concrete_subclasses(ArtifactStore):
+        if impl.__module__.startswith(("flexsn_core", "flexsn_service", "flexsn_client")):
+            assert any(issubclass(t, impl) for t in tested), f"{impl.__qualname__} is not in IMPLEMENTATIONS"
+    assert issubclass(LocalStore, FileStore)
