@@ -118,7 +118,7 @@ def scan_arity_error(
     return (
         f"{who} expected {expected} tensor args (num_inputs={num_inputs} + num_states={num_states})"
         + (f" plus {lifted} {extra}" if lifted else "")
-        + f", got {total}: the core {name!r} {reason}, so it cannot take {total}"
+        + f", got {total}: the core {name!r} {reason}, so it cannot take {total} positional arguments"
     )
 
 
