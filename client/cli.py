@@ -12,6 +12,11 @@ only the core install (``pip install flexsn-cache``). ``serve``, ``gc`` and
 extra to install when it is missing. Importing this module imports neither
 torch nor FastAPI: ``--help``, ``--version``, ``ls`` and ``stats`` never load
 them; ``warm`` and ``build`` import torch when they run.
+
+Every client command first checks that the URL is a flexsn-cache service
+(``GET /v1/version``); every failure is one line on stderr and exit status 1
+(:func:`_service`). Tables and human units: :mod:`flexsn_client.report`;
+progress while builds run: :mod:`flexsn_client.progress`.
 """
 
 from __future__ import annotations
