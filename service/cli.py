@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 if TYPE_CHECKING:
     from .store import Store
@@ -44,7 +45,8 @@ _NEEDS = {
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    """One line on stderr (never wrapped), and the exit status to raise."""
+    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -128,6 +130,30 @@ def _open(store_url: str) -> Store:
         raise _fail(str(exc)) from None
 
 
+def _open_existing(store_url: str, command: str) -> Store:
+    """The store ``gc``/``verify`` maintain: refused unless it exists (opening a folder would create one).
+
+    Run from the wrong folder, the default ``disk:./flexsn-store`` used to become
+    a fresh, empty store that verified "ok".
+    """
+    import sqlite3
+
+    from .store import DiskStore, StoreError
+
+    scheme, _, path = store_url.partition(":")
+    if scheme == "disk" and path:
+        problem = DiskStore.why_not_a_store(path)
+        if problem:
+            raise _fail(
+                f"{problem}; `flexsn-cache {command}` works on an existing store: pass --store disk:PATH "
+                "(or FLEXSN_SERVICE_STORE) as `serve` was given, or run it where `serve` runs"
+            )
+    try:
+        return _open(store_url)
+    except (StoreError, sqlite3.DatabaseError, OSError) as exc:
+        raise _fail(f"cannot open the store {store_url}: {type(exc).__name__}: {exc}") from None
+
+
 def gc(
     max_bytes: Annotated[str, typer.Option("--max-bytes", help="keep at most this much, e.g. 10G")],
     store: StoreOption = DEFAULT_STORE,
@@ -135,7 +161,7 @@ def gc(
     """Evict least recently used kernels (and their unshared blobs) until the store fits."""
     require_extra("gc")
     limit = parse_size(max_bytes)
-    report = _open(store).gc(limit)
+    report = _open_existing(store, "gc").gc(limit)
     out.print(
         f"{report.bytes_before:,} -> {report.bytes_after:,} bytes; evicted {len(report.evicted_manifests)} kernel(s), "
         f"deleted {report.deleted_blobs} blob(s)"
@@ -150,7 +176,7 @@ def verify(
 ) -> None:
     """Re-hash every blob and check that no manifest points at a missing blob."""
     require_extra("verify")
-    report = _open(store).verify(repair=repair)
+    report = _open_existing(store, "verify").verify(repair=repair)
     out.print(f"checked {report.blobs_checked} blob(s), {report.manifests_checked} manifest(s)")
     for sha in report.corrupt_blobs:
         out.print(f"[red]corrupt blob[/red] {sha}")

@@ -103,7 +103,7 @@ def test_cli_build_ls_stats_verify_and_gc(server: Server) -> None:
     env = {"FLEXSN_CACHE_URL": server.url}
     listed = run_cli("ls", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
-    stats = run_cli("stats", env=env)
+    stats = run_cli("stats", "--json", env=env)
     assert stats.returncode == 0 and '"hits"' in stats.stdout
     # built by the tests above, or now (xdist may have run them on another worker)
     for core in ("lif_hard", "lif_soft", "lif_hard"):
