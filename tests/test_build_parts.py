@@ -190,3 +190,20 @@ def test_a_worker_whose_warm_up_fails_is_the_services_fault_not_the_cores() -> N
     assert failure.value.error_type == "BuildEnvironmentError"
     assert not failure.value.user_error and not failure.value.remember
     assert "uid not found" in str(failure.value)
+
+
+def test_a_worker_without_stdin_runs() -> None:
+    """The GPU tuner is started with stdin=/dev/null; run() asserted a pipe, so every build on a GPU host
+    failed at "autotuning" with a bare "internal error: AssertionError" (seen on the H200)."""
+    import sys
+
+    from flexsn_service.builds.process import Worker
+
+    async def main():  # noqa: ANN202
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "print('{\"event\": \"progress\", \"stage\": \"ready\"}')",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        worker = Worker(proc, name="tuner")
+        return await worker.run(b"", timeout=60, timeout_message="timeout", wait_ready=False)
+
+    assert asyncio.run(main()).returncode == 0
