@@ -87,7 +87,7 @@ def serve(
     try:
         settings = Settings(**overrides)
     except ValueError as exc:
-        raise _fail(f"invalid settings: {exc}") from None
+        raise _fail(f"invalid settings: {_one_line(exc)}") from None
     bind = settings.host
     if settings.tokens is None and bind not in ("127.0.0.1", "::1", "localhost"):
         console.print(
@@ -207,3 +207,14 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _one_line(exc: ValueError) -> str:
+    """A settings error as one line: pydantic's multi-line report reduced to "field: message"."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'settings'}: {str(e.get('msg', '')).removeprefix('Value error, ')}"
+        for e in errors()
+    )

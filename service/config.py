@@ -103,6 +103,14 @@ class Settings(BaseSettings):
     #: TEST ONLY: False skips the source check (in the API and the worker) so tests reach the jail.
     source_check: bool = True
 
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        from .store import store_kind  # checked here, so a bad URL is a one-line settings error, not a traceback
+
+        store_kind(value)
+        return value
+
     @field_validator("max_bytes", mode="before")
     @classmethod
     def _size(cls, value: object) -> object:

@@ -83,3 +83,16 @@ def test_a_real_store_is_verified_and_collected(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "checked 1 blob(s)" in result.stdout and "ok" in result.stdout, result.stderr
     result = _cli(tmp_path, "gc", "--max-bytes", "1G", "--store", f"disk:{tmp_path / 'flexsn-store'}")
     assert result.exit_code == 0 and "deleted 1 blob(s)" in result.stdout, result.stderr  # an orphan blob
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--store", "foo:bar"), "store: store URL must look like 'disk:PATH' or 'redis://HOST:PORT/DB'"),
+    (("--port", "-5"), "port:"),
+])
+def test_serve_with_bad_settings_says_so_in_one_line(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
+    """``serve --store foo:bar`` printed uvicorn's startup traceback (the store was opened only at start)."""
+    result = _cli(tmp_path, "serve", *args)
+    assert result.exit_code == 1, (result.output, result.exception)
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: invalid settings: ") and needle in line, line
+    assert _tree(tmp_path) == []

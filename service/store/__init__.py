@@ -13,16 +13,23 @@ from __future__ import annotations
 from .base import CorruptEntry, GcReport, ManifestInfo, Store, StoreError, VerifyReport
 from .disk import DiskStore
 
-__all__ = ["Store", "DiskStore", "StoreError", "CorruptEntry", "ManifestInfo", "VerifyReport", "GcReport", "open_store"]
+__all__ = ["Store", "DiskStore", "StoreError", "CorruptEntry", "ManifestInfo", "VerifyReport", "GcReport", "open_store", "store_kind"]
+
+
+def store_kind(url: str) -> str:
+    """``"disk"`` or ``"redis"`` for a store URL; ValueError (the message a person reads) otherwise."""
+    scheme, _, rest = url.partition(":")
+    if scheme == "disk" and rest:
+        return "disk"
+    if scheme in ("redis", "rediss") and rest.startswith("//"):
+        return "redis"
+    raise ValueError(f"store URL must look like 'disk:PATH' or 'redis://HOST:PORT/DB', got {url!r}")
 
 
 def open_store(url: str) -> Store:
     """Open a store from its URL: ``disk:PATH``, or ``redis://HOST:PORT/DB[?prefix=NAME]`` (also rediss://)."""
-    scheme, _, rest = url.partition(":")
-    if scheme == "disk" and rest:
-        return DiskStore(rest)
-    if scheme in ("redis", "rediss") and rest.startswith("//"):
-        from .redis_store import RedisStore
+    if store_kind(url) == "disk":
+        return DiskStore(url.partition(":")[2])
+    from .redis_store import RedisStore
 
-        return RedisStore(url)
-    raise ValueError(f"store URL must look like 'disk:PATH' or 'redis://HOST:PORT/DB', got {url!r}")
+    return RedisStore(url)
