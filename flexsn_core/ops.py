@@ -30,11 +30,8 @@ zeros tensor (zero-state elision).
 
 from __future__ import annotations
 
-import itertools
-import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,10 +39,19 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .contract import check_scan_call
-from .runtime import KernelSet, StaticArg, run_backward, run_forward, run_inference, run_inference_final
-from .runtime.index import PlanView
+from .handles import (
+    KernelHandle,
+    attach_finalizer,
+    live_handles,
+    lookup_handle,
+    register_handle,
+    release_active,
+    release_owner,
+    retain_active,
+    retain_owner,
+)
+from .runtime import StaticArg, run_backward, run_forward, run_inference, run_inference_final
 from .settings import backward_mode
-from .spec import KernelSpec
 
 __all__ = [
     "KernelHandle",
@@ -59,39 +65,6 @@ __all__ = [
     "live_handles",
     "choose_recompute",
 ]
-
-Resolver = Callable[[torch.device], KernelSet]
-
-
-@dataclass
-class KernelHandle:
-    """The kernels of one spec, for any device, plus reference counts."""
-
-    spec: KernelSpec
-    resolve: Resolver
-    #: the save plan: what the training path keeps for the backward kernel
-    plan: PlanView
-    trainable: bool
-    owner_refs: int = 1
-    active_refs: int = 0
-    _sets: dict[torch.device, KernelSet] = field(default_factory=dict)
-
-    @property
-    def extras(self) -> tuple[torch.dtype, ...]:
-        """dtypes of the extra saved buffers of the training path (stored mode)."""
-        return self.plan.extras
-
-    @property
-    def needs_state_seqs(self) -> bool:
-        """The backward reads state sequences in stored mode, so training returns them."""
-        return bool(self.plan.state_seqs)
-
-    def kernels(self, device: torch.device) -> KernelSet:
-        ks = self._sets.get(device)
-        if ks is None:
-            ks = self._sets[device] = self.resolve(device)
-        return ks
-
 
 # Ops are defined with torch.library.Library rather than @custom_op: the
 # latter wraps every kernel in a lazy `torch._dynamo.disable`, whose first call
@@ -126,69 +99,6 @@ def _kernel(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 def _fake(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return torch.library.register_fake(f"flexsn::{name}", lib=_lib)
-
-
-_registry: dict[int, KernelHandle] = {}
-_lock = threading.Lock()
-_ids = itertools.count(1)
-
-
-def register_handle(spec: KernelSpec, resolve: Resolver, prototype: KernelSet) -> int:
-    """Register a spec's kernels; ``prototype`` supplies the device-independent layout."""
-    handle = KernelHandle(
-        spec=spec,
-        resolve=resolve,
-        plan=prototype.plan,
-        trainable=prototype.trainable,
-    )
-    with _lock:
-        number = next(_ids)
-        _registry[number] = handle
-    return number
-
-
-def lookup_handle(handle: int) -> KernelHandle:
-    try:
-        return _registry[int(handle)]
-    except KeyError as exc:
-        raise RuntimeError(f"unknown FlexSN kernel handle {handle} (already released?)") from exc
-
-
-def live_handles() -> int:
-    """How many handles are registered (tests use this to check for leaks)."""
-    return len(_registry)
-
-
-def _change(handle: int, owner: int = 0, active: int = 0) -> None:
-    with _lock:
-        entry = _registry.get(int(handle))
-        if entry is None:
-            return
-        entry.owner_refs = max(0, entry.owner_refs + owner)
-        entry.active_refs = max(0, entry.active_refs + active)
-        if entry.owner_refs == 0 and entry.active_refs == 0:
-            del _registry[int(handle)]
-
-
-def retain_owner(handle: int) -> None:
-    _change(handle, owner=1)
-
-
-def release_owner(handle: int) -> None:
-    _change(handle, owner=-1)
-
-
-def retain_active(handle: int) -> None:
-    _change(handle, active=1)
-
-
-def release_active(handle: int) -> None:
-    _change(handle, active=-1)
-
-
-def attach_finalizer(owner: object, handle: int) -> weakref.finalize:
-    """Release one owner reference of ``handle`` when ``owner`` is garbage collected."""
-    return weakref.finalize(owner, release_owner, handle)
 
 
 # --------------------------------------------------------------------------

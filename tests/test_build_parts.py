@@ -167,7 +167,7 @@ def test_a_worker_whose_warm_up_fails_is_the_services_fault_not_the_cores() -> N
     stops before it reads a job, and the build fails as the service's, not remembered against the spec."""
     import sys
 
-    from flexsn_service.builds.manager import _outcome
+    from flexsn_service.builds.outcome import worker_outcome as _outcome
     from flexsn_service.builds.process import Worker
     from flexsn_service.builds.records import BuildFailure
 

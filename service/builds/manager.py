@@ -42,16 +42,18 @@ from typing import Any, NamedTuple
 from flexsn_core.artifacts import sha256_hex
 from flexsn_core.compile import KernelConfig
 from flexsn_core.errors import ArtifactError
-from flexsn_core.manifest import iter_choices, record_tuning, referenced_blobs, targets_of, validate_manifest
+from flexsn_core.manifest import iter_choices, record_tuning, referenced_blobs, validate_manifest
 from flexsn_core.spec import KernelSpec
 
 from ..metrics import ServiceMetrics
 from ..store import Store
 from .jail import Jail
 from .leases import Leases, lease_name
+from .outcome import worker_outcome
 from .pool import SparePool
 from .process import Worker, WorkerResult
 from .records import BuildFailure, BuildRecord, RecordBook
+from .replicas import ReplicaCoordinator
 from .workdir import create_work_dir, remove_work_dir
 
 __all__ = ["BuildRecord", "BuildFailure", "BuildManager", "BuildActivity"]
@@ -107,7 +109,10 @@ class BuildManager:
         self.leases = leases
         #: called (in a thread) after each build's store write: the size limit
         self.after_store = after_store
-        self.poll_s = poll_s
+        self.replicas = (
+            ReplicaCoordinator(store, leases, timeout_s=timeout_s, poll_s=poll_s, failure_ttl_s=failure_ttl_s)
+            if leases is not None else None
+        )
         self._slots = asyncio.Semaphore(workers)
         self._tasks: set[asyncio.Task[None]] = set()
         # Two builds of one key (different targets) may finish together: merge their binaries one at a time.
@@ -167,11 +172,11 @@ class BuildManager:
         renewer: asyncio.Task[None] | None = None
         try:
             if lease is not None:
-                if await self._wait_for_lease(record, lease, name):
+                if await self.replicas.wait(record, lease, name):
                     record.state = "succeeded"  # another replica built it (or finished just before us)
                     record.progress = {"stage": "done", "done": 1, "total": 1}
                     return
-                renewer = asyncio.get_running_loop().create_task(self._renew(record, lease))
+                renewer = asyncio.get_running_loop().create_task(self.replicas.renew(record, lease))
             self.metrics.builds_started.inc()
             async with self._slots:
                 record.state, record.started = "running", time.time()
@@ -212,70 +217,12 @@ class BuildManager:
             shutil.rmtree(out_dir, ignore_errors=True)
             if renewer is not None:
                 renewer.cancel()
-            if lease is not None and self.leases is not None:
-                await asyncio.shield(asyncio.to_thread(self._settle_lease, record, lease, name, remember))
+            if lease is not None and self.replicas is not None:
+                await asyncio.shield(asyncio.to_thread(self.replicas.settle, record, lease, name, remember))
             self.book.finish(record, remember_failure=remember)
             if not self._closing:  # replace the used workers now that the build no longer needs the CPUs
                 self._tracers.refill()
                 self._compilers.refill()
-
-    # ----------------------------------------------------------- the lease (single flight across replicas)
-    def _stored(self, record: BuildRecord) -> bool:
-        manifest = self.store.get_manifest(record.key)
-        return manifest is not None and set(record.targets) <= targets_of(manifest)
-
-    async def _wait_for_lease(self, record: BuildRecord, lease: Any, name: str) -> bool:
-        """Hold the build's lease (False: build it here) or see it stored by another replica (True).
-
-        Raises BuildFailure for a failure another replica remembered. Bounded: a holder
-        renews only while its build runs, and a build has a time limit.
-        """
-        deadline = time.monotonic() + 3 * self.timeout_s + 120
-        waiting = False
-        while True:
-            if await asyncio.to_thread(lease.try_acquire):
-                # the holder may have finished between our miss and now
-                return await asyncio.to_thread(self._stored, record)
-            if not waiting:
-                waiting = True
-                holder = await asyncio.to_thread(lease.holder)
-                record.progress = {"stage": "waiting for another replica", "done": 0, "total": 0}
-                logger.info("build %s of %s: replica %s is building it; waiting", record.id, record.key[:12], holder)
-            if await asyncio.to_thread(self._stored, record):
-                return True
-            failed = await asyncio.to_thread(self.leases.failure, name) if self.leases is not None else None
-            if failed is not None:
-                record.error_op, record.error_line = failed.get("error_op"), failed.get("error_line")
-                record.log.extend(str(line) for line in failed.get("log_tail") or [])
-                raise BuildFailure(str(failed["error"]), str(failed.get("error_type") or "Error"),
-                                   bool(failed.get("user_error")), op=record.error_op, line=record.error_line)
-            if time.monotonic() > deadline:
-                raise BuildFailure("another replica's build of this spec did not finish in time",
-                                   "Timeout", False, remember=False)
-            await asyncio.sleep(self.poll_s)
-
-    async def _renew(self, record: BuildRecord, lease: Any) -> None:
-        assert self.leases is not None
-        while True:
-            await asyncio.sleep(self.leases.lease_s / 3)
-            try:
-                held = await asyncio.to_thread(lease.renew)
-            except Exception as exc:  # noqa: BLE001 - the store may come back; the next renewal retries
-                logger.warning("build %s: renewing its lease failed: %s", record.id, exc)
-                continue
-            if not held:
-                logger.warning("build %s lost its lease (expired): another replica may build it too", record.id)
-                return
-
-    def _settle_lease(self, record: BuildRecord, lease: Any, name: str, remember: bool) -> None:
-        """Publish a remembered failure to every replica, then give the lease up."""
-        try:
-            # only a failure of a build run here (one read from another replica is published already)
-            if record.state == "failed" and remember and record.started is not None and self.leases is not None:
-                self.leases.remember_failure(name, record.to_dict(), self.book.failure_ttl_s)
-            lease.release()
-        except Exception as exc:  # noqa: BLE001 - the lease expires on its own
-            logger.warning("build %s: releasing its lease failed: %s", record.id, exc)
 
     def _fail(self, record: BuildRecord, message: str, error_type: str, user_error: bool) -> None:
         record.state, record.error, record.error_type, record.user_error = "failed", message, error_type, user_error
@@ -346,7 +293,7 @@ class BuildManager:
         finally:
             self._active.discard(worker)
             await worker.dispose()
-        return _outcome(result, worker, what, jailed=jailed, max_ir_bytes=self.max_ir_bytes,
+        return worker_outcome(result, worker, what, jailed=jailed, max_ir_bytes=self.max_ir_bytes,
                         memory_bytes=self.memory_bytes)
 
     # ----------------------------------------------------------- step 3: verify, tune, store
@@ -439,46 +386,3 @@ class BuildManager:
             self.after_store()
         except Exception:  # noqa: BLE001 - eviction failing must not fail the build that was stored
             logger.exception("size-limit eviction failed")
-
-
-
-def _outcome(
-    result: WorkerResult, worker: Worker, what: str, *, jailed: bool, max_ir_bytes: int, memory_bytes: int
-) -> WorkerResult:
-    """The result if the worker succeeded; else the BuildFailure that says why.
-
-    Whatever happens in the jail counts as the core's doing (a 422, remembered): the jail's
-    word that a failure was "internal" is not taken.
-    """
-    if worker.too_large:
-        raise BuildFailure(
-            f"{what} wrote more than {max_ir_bytes >> 20} MiB of output (IR too large) and was stopped",
-            "OutputTooLarge", True,
-        )
-    if worker.setup_error is not None:  # failed before it read the job: not the core's doing
-        raise BuildFailure(
-            f"{what} could not start (the service's build environment, not the core): "
-            f"{worker.setup_error.get('message', 'no message')}",
-            "BuildEnvironmentError", False, remember=False,
-        )
-    event = result.event or {}
-    if event.get("event") == "error":
-        user = True if jailed else bool(event.get("user_error", True))
-        op, line = event.get("op"), event.get("line")
-        raise BuildFailure(
-            str(event.get("message", "build failed")), str(event.get("type", "Error")), user,
-            op=op if isinstance(op, str) else None,
-            line=line if isinstance(line, int) and not isinstance(line, bool) else None,
-        )
-    if result.returncode == 0 and (event.get("event") == "done" or result.ir is not None):
-        return result
-    code = result.returncode
-    if result.oom:
-        reason = f"it went over the build's memory limit ({memory_bytes >> 20} MB above the worker's baseline)"
-    elif code is not None and code < 0:
-        reason = f"killed by signal {-code} (over its memory or CPU limit?)"
-    elif code is not None and code > 128:
-        reason = f"killed by signal {code - 128} (over its memory or CPU limit?)"
-    else:
-        reason = f"exit status {code}"
-    raise BuildFailure(f"{what} stopped without a result: {reason}", "WorkerDied", True)
