@@ -121,7 +121,7 @@ def _direct_calls(case: str, make, inputs, states):  # noqa: ANN001, ANN202
         ss = [torch.zeros(xs[0].shape[1:])]
     yield "custom op inference", lambda: torch.ops.flexsn.inference(handle, xs, ss, cs)
     yield "custom op inference_final", lambda: torch.ops.flexsn.inference_final(handle, xs, ss, cs)
-    yield "custom op training", lambda: torch.ops.flexsn.training(handle, xs, ss, cs, False)
+    yield "custom op training", lambda: torch.ops.flexsn.training(handle, xs, ss, cs, False, False)
     yield "fake implementation", lambda: _fake(handle, xs, ss, cs)
     if len(xs) == m.num_inputs and len(ss) == m.num_states:
         yield "FlexSN.kernel", lambda: m.kernel(*xs, *ss)
