@@ -2,7 +2,8 @@
 #   make serve   create .venv, install, start the cache service (store in ./flexsn-store)
 #   make test    create .venv, install, run the test suite
 # The install step also installs the Debian packages each one needs when their commands are
-# missing: bubblewrap (the build jail) for both, chromium (headless browser tests) for `make test`.
+# missing: bubblewrap (the build jail) for both, chromium (headless browser tests) and redis-server
+# (the Redis store's tests) for `make test`.
 # It runs under a lock, so `make serve` and `make test` may start at once on a fresh clone:
 # the second waits, then finds everything installed (and adds only what it needs on top).
 
@@ -14,9 +15,11 @@ LOCK   ?= .install.lock
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # System packages as COMMAND:PACKAGE pairs: PACKAGE is installed when COMMAND is missing.
-# Serving needs the jail; the tests also drive a headless browser (tests/browser.py).
+# Serving needs the jail; the tests also drive a headless browser (tests/browser.py) and start
+# a real Redis server for the shared store's tests (tests/redis_server.py). Serving with the
+# embedded store does not need Redis; nginx and wrk are bench-only (bench/read_bench.py installs them).
 SERVE_PACKAGES := bwrap:bubblewrap
-TEST_PACKAGES  := $(SERVE_PACKAGES) chromium:chromium
+TEST_PACKAGES  := $(SERVE_PACKAGES) chromium:chromium redis-server:redis-server
 
 .PHONY: serve test install install-test install-locked system-packages check-image clean
 

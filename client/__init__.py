@@ -2,7 +2,7 @@
 
     from flexsn_client import KernelCacheClient
     client = KernelCacheClient("http://cache:8000", token="...")
-    client.get_or_build(spec, progress=True)
+    client.get_or_build(spec)   # a one-line progress on stderr (a terminal) while the service builds
 
 ``FlexSN(core, ..., backend="remote-cache")`` uses it for you.
 

@@ -12,6 +12,9 @@ Errors are translated at this boundary:
     connection refused / timeout / 5xx     -> CacheUnavailableError (and the service is marked unavailable)
     a build wait past its limit            -> CacheUnavailableError
     401 / 403                              -> AuthError
+    an answer that is not the service's    -> UnexpectedAnswerError (a CacheUnavailableError): a wrong
+    (404 from a wrong path, an HTML page,     path in the URL, another server, a proxy's page; its
+    JSON without the expected fields)         message is one line, never the page itself
     422 on a build request (spec, source)  -> SpecRejectedError
     a failed build (422 with wait, or the
     build status)                          -> the CoreError it reports (UnsupportedOpError with .op and
@@ -21,7 +24,9 @@ Errors are translated at this boundary:
 from __future__ import annotations
 
 import io
+import json
 import random
+import re
 import tarfile
 import threading
 import time
@@ -49,7 +54,7 @@ if TYPE_CHECKING:  # a spec is only read here (spec.to_dict()); ls and stats mus
 
 __all__ = [
     "ServiceAPI", "SpecRejectedError", "DEFAULT_TIMEOUT", "DEFAULT_UNAVAILABLE_S", "DEFAULT_BUILD_WAIT_S",
-    "build_error",
+    "build_error", "UnexpectedAnswerError", "VERSION_FIELDS",
 ]
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -61,6 +66,14 @@ DEFAULT_BUILD_WAIT_S = 900.0
 
 class SpecRejectedError(FlexSNError, ValueError):
     """The service refused the spec or its source (HTTP 422)."""
+
+
+class UnexpectedAnswerError(CacheUnavailableError):
+    """The URL answered, but not as a flexsn-cache service does (wrong path, another server, a proxy's page)."""
+
+
+#: the fields of ``GET /v1/version`` a client relies on (a server without them is not flexsn-cache)
+VERSION_FIELDS = ("package", "api", "codegen", "triton", "torch")
 
 
 #: errors a failed build may report that the client raises as themselves (what a local build raises)
@@ -99,11 +112,33 @@ def build_error(detail: dict[str, Any], url: str) -> FlexSNError:
     )
 
 
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+#: the longest piece of an answer's body an error message quotes
+_QUOTE = 200
+
+
+def describe_body(response: httpx.Response) -> str:
+    """An answer's body in one short line: never a whole HTML page in an error message."""
+    text = response.text
+    kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "text/html" or text.lstrip()[:15].lower().startswith(("<!doctype html", "<html")):
+        title = _TITLE.search(text)
+        return f"an HTML page ({' '.join(title.group(1).split())[:_QUOTE]!r})" if title else "an HTML page"
+    flat = " ".join(text.split())
+    if not flat:
+        return "an empty body"
+    return flat if len(flat) <= _QUOTE else flat[:_QUOTE] + "…"
+
+
 def _detail(response: httpx.Response) -> Any:
+    """The service's ``detail`` (its error bodies carry one), else the body in one short line."""
     try:
-        return response.json().get("detail", response.text)
-    except (ValueError, AttributeError):
-        return response.text
+        body = response.json()
+    except ValueError:
+        return describe_body(response)
+    if isinstance(body, dict) and "detail" in body:
+        return body["detail"]
+    return describe_body(response)
 
 
 class ServiceAPI:
@@ -211,6 +246,34 @@ class ServiceAPI:
             delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _json(self, response: httpx.Response, *fields: str, ok: tuple[int, ...] = (200,)) -> dict[str, Any]:
+        """An ``ok`` answer's JSON object with ``fields``; anything else is UnexpectedAnswerError, in one line."""
+        where = f"{response.request.method} {response.request.url}"
+        if response.status_code not in ok:
+            raise UnexpectedAnswerError(
+                f"{where} answered {response.status_code} {response.reason_phrase}: {_detail(response)}; "
+                f"{self._check_url_hint()}"
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise UnexpectedAnswerError(
+                f"{where} answered {describe_body(response)}, not the service's JSON; {self._check_url_hint()}"
+            )
+        missing = [name for name in fields if name not in body]
+        if missing:
+            raise UnexpectedAnswerError(
+                f"{where} answered JSON without {', '.join(missing)} "
+                f"({json.dumps(body)[:_QUOTE]}); {self._check_url_hint()}"
+            )
+        return body
+
+    def _check_url_hint(self) -> str:
+        return (f"is {self.url} a flexsn-cache service? --url / FLEXSN_CACHE_URL is the service's root "
+                "(e.g. http://cache-host:8000, no path)")
+
     # ------------------------------------------------------------ calls
     def request_kernels(
         self, spec: KernelSpec, targets: list[str] | None = None, *, wait: bool = False
@@ -228,19 +291,18 @@ class ServiceAPI:
             if isinstance(detail, dict) and "build_id" in detail:
                 raise build_error({**detail, "user_error": True}, self.url)
             raise SpecRejectedError(f"the kernel cache at {self.url} rejected the spec: {detail}")
-        if response.status_code not in (200, 202):
-            raise CacheUnavailableError(f"unexpected answer {response.status_code}: {_detail(response)}")
-        return response.status_code, response.json()
+        fields = ("key",) if response.status_code == 200 else ("build_id",)
+        return response.status_code, self._json(response, *fields, ok=(200, 202))
 
     def get_manifest(self, key: str) -> dict[str, Any] | None:
         response = self._call("GET", f"/v1/kernels/{key}", ok=(200, 404))
-        return response.json() if response.status_code == 200 else None
+        return self._json(response, "key") if response.status_code == 200 else None
 
     def get_build(self, build_id: str) -> dict[str, Any]:
         response = self._call("GET", f"/v1/builds/{build_id}")
         if response.status_code != 200:
             raise BuildFailedError(f"build {build_id} is unknown to the service: {_detail(response)}")
-        return response.json()
+        return self._json(response, "state")
 
     def wait_for_build(
         self,
@@ -276,7 +338,7 @@ class ServiceAPI:
         params: dict[str, Any] = {"limit": limit}
         if cursor:
             params["cursor"] = cursor
-        return self._call("GET", "/v1/kernels", params=params).json()
+        return self._json(self._call("GET", "/v1/kernels", params=params), "items", "next_cursor")
 
     def delete_kernel(self, key: str) -> bool:
         return self._call("DELETE", f"/v1/kernels/{key}", ok=(204, 404)).status_code == 204
@@ -312,7 +374,11 @@ class ServiceAPI:
         return response.json()
 
     def stats(self) -> dict[str, Any]:
-        return self._call("GET", "/v1/stats").json()
+        return self._json(self._call("GET", "/v1/stats"), "hits", "misses", "kernels", "bytes")
 
     def health(self) -> dict[str, Any]:
-        return self._call("GET", "/healthz").json()
+        return self._json(self._call("GET", "/healthz"), "status")
+
+    def version(self) -> dict[str, Any]:
+        """``GET /v1/version`` (no token needed): also how a client recognises a flexsn-cache service."""
+        return self._json(self._call("GET", "/v1/version"), *VERSION_FIELDS)

@@ -1,7 +1,7 @@
 """KernelCacheClient: manifests and binaries from the service, verified and mirrored locally.
 
     client = KernelCacheClient("http://cache:8000", token=...)
-    manifest = client.get_or_build(spec, progress=True)
+    manifest = client.get_or_build(spec)          # a one-line progress on stderr while the service builds
     kernels = client.kernels(spec, torch.device("cuda"))   # a flexsn_core KernelSet
 
 Every blob is checked against its sha256 before it is stored or used; a
@@ -33,6 +33,7 @@ from flexsn_core.runtime import KernelSet
 from flexsn_core.spec import KernelSpec
 
 from .api import ServiceAPI
+from .progress import build_line, progress_console
 from .settings import ClientSettings
 
 __all__ = ["KernelCacheClient"]
@@ -170,12 +171,15 @@ class KernelCacheClient:
         targets: list[str] | None = None,
         *,
         wait: bool = True,
-        progress: bool | Callable[[dict[str, Any]], None] = False,
+        progress: bool | None | Callable[[dict[str, Any]], None] = None,
     ) -> dict[str, Any] | None:
         """Like :meth:`get`, but asks the service to build what it lacks.
 
-        With ``wait=False`` returns None while the build runs. ``progress=True``
-        shows a progress bar (or pass a callback taking the build status).
+        With ``wait=False`` returns None while the build runs. While it waits on
+        a build: ``progress=None`` draws a one-line progress on stderr as
+        ``FLEXSN_CACHE_PROGRESS`` says (default: only when stderr is a terminal,
+        so batch jobs stay silent), ``True`` always, ``False`` never; or pass a
+        callback taking the build status.
         """
         found = self.get(spec, targets)
         if found is not None:
@@ -186,7 +190,7 @@ class KernelCacheClient:
         if code == 202:
             if not wait:
                 return None
-            self._wait(body["build_id"], progress)
+            self._wait(body["build_id"], progress, f"{spec.entry} {spec.key[:8]}")
             manifest = api.get_manifest(spec.key)
             if manifest is None:
                 raise BuildFailedError(f"the build of {spec.key[:16]}… succeeded but its manifest is gone")
@@ -194,41 +198,53 @@ class KernelCacheClient:
             manifest = body
         return self._mirror(manifest, list(targets or []))
 
-    def _wait(self, build_id: str, progress: bool | Callable[[dict[str, Any]], None]) -> None:
+    def _wait(self, build_id: str, progress: bool | None | Callable[[dict[str, Any]], None], what: str) -> None:
         api = self._require_api()
         if callable(progress):
             api.wait_for_build(build_id, on_progress=progress)
-        elif progress:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+            return
+        console = progress_console(None if progress is None else ("always" if progress else "never"))
+        with build_line(console, what) as show:
+            api.wait_for_build(build_id, on_progress=show)
 
-            with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()) as bar:
-                task = bar.add_task("building", total=None)
+    def prefetch(
+        self,
+        specs: Iterable[KernelSpec],
+        targets: list[str] | None = None,
+        *,
+        progress: Callable[[KernelSpec, str, dict[str, Any] | None], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Fetch (building where needed) many specs: all builds are requested before waiting on any.
 
-                def show(status: dict[str, Any]) -> None:
-                    p = status.get("progress") or {}
-                    bar.update(task, description=f"building: {p.get('stage', status['state'])}",
-                               completed=p.get("done") or 0, total=p.get("total") or None)
-
-                api.wait_for_build(build_id, on_progress=show)
-        else:
-            api.wait_for_build(build_id)
-
-    def prefetch(self, specs: Iterable[KernelSpec], targets: list[str] | None = None) -> list[dict[str, Any]]:
-        """Fetch (building where needed) many specs: all builds are requested before waiting on any."""
+        ``progress(spec, event, status)`` is told ``cached`` (no build needed),
+        ``building`` (with each build status polled, from several threads) and
+        ``ready`` (in the mirror).
+        """
         specs = list(specs)
-        pending = []
+        note = progress or (lambda spec, event, status: None)
+        pending: list[tuple[KernelSpec, str]] = []
         for spec in specs:
             if self.get(spec, targets) is None:
                 code, body = self._require_api().request_kernels(spec, targets or None)
                 if code == 202:
-                    pending.append(body["build_id"])
-        for build_id in pending:
-            self._wait(build_id, False)
+                    pending.append((spec, body["build_id"]))
+                    note(spec, "building", body)
+                    continue
+            note(spec, "cached", None)
+        if pending:
+            # The service runs the builds side by side: poll them side by side, so every line moves.
+            def wait(item: tuple[KernelSpec, str]) -> None:
+                spec, build_id = item
+                self._wait(build_id, lambda status: note(spec, "building", status), spec.entry)
+
+            with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(pending))) as pool:
+                list(pool.map(wait, pending))
         results = []
         for spec in specs:
-            manifest = self.get_or_build(spec, targets)
+            manifest = self.get_or_build(spec, targets, progress=False)
             assert manifest is not None
             results.append(manifest)
+            note(spec, "ready", None)
         return results
 
     # ------------------------------------------------------------ kernels

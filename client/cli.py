@@ -12,23 +12,34 @@ only the core install (``pip install flexsn-cache``). ``serve``, ``gc`` and
 extra to install when it is missing. Importing this module imports neither
 torch nor FastAPI: ``--help``, ``--version``, ``ls`` and ``stats`` never load
 them; ``warm`` and ``build`` import torch when they run.
+
+Every client command first checks that the URL is a flexsn-cache service
+(``GET /v1/version``); every failure is one line on stderr and exit status 1
+(:func:`_service`). Tables and human units: :mod:`flexsn_client.report`;
+progress while builds run: :mod:`flexsn_client.progress`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from flexsn_service import cli as service_cli
+
+if TYPE_CHECKING:
+    from flexsn_client.api import ServiceAPI
 
 __all__ = ["app", "main", "version_text"]
 
@@ -42,12 +53,45 @@ out = Console()
 
 UrlOption = Annotated[str, typer.Option("--url", envvar="FLEXSN_CACHE_URL", help="the service's URL")]
 TokenOption = Annotated[Optional[str], typer.Option("--token", envvar="FLEXSN_CACHE_TOKEN", help="bearer token")]
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", envvar="FLEXSN_CACHE_TIMEOUT", min=0.1, help="seconds to wait for each answer")
+]
 DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT_S = 30.0
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    """One line on stderr (never wrapped, never a traceback), and the exit status to raise."""
+    console.print(Text.assemble(("error:", "red"), " ", " ".join(str(message).split())), soft_wrap=True)
     return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _service(url: str, token: str | None, timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[ServiceAPI]:
+    """A connection to a flexsn-cache service, checked first (``GET /v1/version``); errors become one line.
+
+    A person waits: one retry, not three, and nothing is remembered between
+    calls (``unavailable_s=0``). The check makes a wrong path, another server
+    or a proxy's page an error up front instead of a confusing answer later.
+    """
+    import httpx
+
+    from flexsn_client.api import ServiceAPI
+    from flexsn_core.errors import FlexSNError
+
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise _fail(f"--url / FLEXSN_CACHE_URL is not a URL: {url!r} ({exc})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise _fail(f"--url / FLEXSN_CACHE_URL must be http://HOST:PORT or https://..., got {url!r}")
+    try:
+        with ServiceAPI(url, token, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)), retries=1,
+                        unavailable_s=0.0) as api:
+            api.version()
+            yield api
+    except FlexSNError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _dist_version(name: str) -> str:
@@ -127,11 +171,11 @@ def build(
     arch: Annotated[Optional[list[str]], typer.Option("--target", help="e.g. cuda:90 (repeatable)")] = None,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
 ) -> None:
     """Ask the service to build a core's kernels, showing progress until they are stored."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from flexsn_client.api import ServiceAPI, SpecRejectedError
+    from flexsn_client.api import SpecRejectedError
+    from flexsn_client.progress import build_line, progress_console
     from flexsn_core import FlexSNError, KernelSpec
 
     core = _load_core(target)
@@ -139,27 +183,15 @@ def build(
         spec = KernelSpec.from_core(core, inputs, states, outputs, num_static=static, dtype=dtype)
     except (FlexSNError, ValueError, TypeError) as exc:
         raise _fail(str(exc)) from None
-    with ServiceAPI(url, token) as api:
+    with _service(url, token, timeout) as api:
         try:
             code, body = api.request_kernels(spec, arch)
             if code == 202:
-                with Progress(
-                    TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), console=console,
-                ) as bar:
-                    task = bar.add_task("queued", total=None)
-
-                    def show(status: dict) -> None:
-                        p = status.get("progress") or {}
-                        bar.update(task, description=str(p.get("stage", status["state"])),
-                                   completed=p.get("done") or 0, total=p.get("total") or None)
-
+                with build_line(progress_console(), f"{spec.entry} {spec.key[:8]}") as show:
                     api.wait_for_build(body["build_id"], on_progress=show)
                 body = api.get_manifest(spec.key) or {}
         except SpecRejectedError as exc:
             raise _fail(f"the service rejected the core: {exc}") from None
-        except FlexSNError as exc:
-            raise _fail(str(exc)) from None
     targets = sorted({b["target"] for b in body.get("binaries", [])})
     out.print(f"{spec.key}  {spec.entry}  {spec.dtype}  targets: {', '.join(targets)}  "
               f"({len(body.get('binaries', []))} binaries{', cached' if code == 200 else ''})")
@@ -177,12 +209,15 @@ def warm(
     Imports the module (and calls FACTORY if given) while recording each
     FlexSN's spec instead of building it, then fetches them all from the
     service, which builds what it lacks. Later FlexSN(..., backend="remote-cache")
-    constructions on this node are local hits.
+    constructions on this node are local hits. Progress (one line per kernel)
+    goes to stderr when it is a terminal (FLEXSN_CACHE_PROGRESS=always|never
+    overrides); a summary line always ends the run.
     """
     import torch
     from rich.table import Table
 
     from flexsn_client.cache import KernelCacheClient
+    from flexsn_client.progress import WarmProgress, progress_console
     from flexsn_core import FlexSNError
     from flexsn_core.local import local_target
     from flexsn_core.module import collect_specs
@@ -198,9 +233,12 @@ def warm(
     if not unique:
         raise _fail(f"{target} built no FlexSN module with a kernel backend; nothing to warm")
     targets = list(arch or ([local_target(torch.device("cuda"))] if torch.cuda.is_available() else []))
+    with _service(url, token):  # a wrong URL or another server: one line before any build is asked for
+        pass
     client = KernelCacheClient(url, token)
     try:
-        manifests = client.prefetch(unique, targets)
+        with WarmProgress(progress_console(), console, len(unique)) as shown:
+            manifests = client.prefetch(unique, targets, progress=shown.note)
     except FlexSNError as exc:
         raise _fail(str(exc)) from None
     table = Table("key", "entry", "dtype", "targets", "binaries")
@@ -208,54 +246,51 @@ def warm(
         have = sorted({b["target"] for b in manifest["binaries"]})
         table.add_row(spec.key[:16], spec.entry, spec.dtype, ",".join(have), str(len(manifest["binaries"])))
     out.print(table)
-    out.print(f"warmed {len(unique)} kernel(s) into {client.mirror.root}")
+    console.print(Text(shown.summary_line(client.mirror.root)), soft_wrap=True)
 
 
 @app.command("ls")
 def list_kernels(
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
-    limit: Annotated[int, typer.Option(help="rows per page")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
+    limit: Annotated[int, typer.Option(help="rows per page", min=1, max=1000)] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="print the service's rows as JSON")] = False,
 ) -> None:
-    """List the kernels the service stores."""
-    from rich.table import Table
-
-    from flexsn_client.api import ServiceAPI
-    from flexsn_core.errors import FlexSNError
+    """List the kernels the service stores: size, age and last use, most recently used first."""
+    from flexsn_client.report import kernels_table
 
     rows = []
-    try:
-        with ServiceAPI(url, token) as api:
-            cursor = None
-            while True:
-                page = api.list_kernels(cursor=cursor, limit=limit)
-                rows.extend(page["items"])
-                cursor = page["next_cursor"]
-                if not cursor:
-                    break
-    except FlexSNError as exc:
-        raise _fail(str(exc)) from None
+    with _service(url, token, timeout) as api:
+        cursor = None
+        while True:
+            page = api.list_kernels(cursor=cursor, limit=limit)
+            rows.extend(page["items"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table("key", "entry", "dtype", "targets", "bytes")
-    for row in rows:
-        table.add_row(row["key"][:16], row["entry"], row["dtype"], ",".join(row["targets"]), f"{row['bytes']:,}")
-    out.print(table)
+    out.print(kernels_table(rows))
 
 
 @app.command()
-def stats(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-    """Print the service's hit/miss and build counters and store size (JSON)."""
-    from flexsn_client.api import ServiceAPI
-    from flexsn_core.errors import FlexSNError
+def stats(
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
+    as_json: Annotated[bool, typer.Option("--json", help="print the service's JSON (GET /v1/stats)")] = False,
+) -> None:
+    """Hits, misses and hit rate, builds, kernels, store size and limit, versions (warns on a mismatch)."""
+    from flexsn_client.report import local_versions, stats_view
 
-    try:
-        with ServiceAPI(url, token) as api:
-            out.print_json(json.dumps(api.stats()))
-    except FlexSNError as exc:
-        raise _fail(str(exc)) from None
+    with _service(url, token, timeout) as api:
+        body = api.stats()
+    if as_json:
+        out.print_json(json.dumps(body))
+        return
+    out.print(stats_view(body, local_versions()))
 
 
 # The service host's commands (serve, gc, verify): defined with the service, listed here.

@@ -3,6 +3,7 @@
 Public API (everything else is internal and may change)::
 
     from flexsn_core import FlexSN, FlexSNKernel, KernelSpec, flex_sn_scan, counters
+    from flexsn_core import surrogate   # surrogate spike functions: surrogate.Sigmoid(alpha=4.0), ...
 
 Names that need torch are imported on first use (PEP 562), so ``import
 flexsn_core.errors`` or a ``flexsn-cache --help`` that reads the codegen
@@ -35,7 +36,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from . import functional
+    from . import functional, surrogate
     from .artifacts import DEFAULT_TARGETS, Artifact, build_artifacts
     from .codegen.kernels import KINDS, FlexSNInfo
     from .compile import DEFAULT_CONFIGS, KernelConfig
@@ -67,6 +68,7 @@ __all__ = [
     "FlexSNKernel",
     "flex_sn_scan",
     "functional",
+    "surrogate",
     "MemoryModule",
     "KernelSpec",
     "KernelSet",
@@ -97,8 +99,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "functional":
-        return importlib.import_module(".functional", __name__)
+    if name in ("functional", "surrogate"):
+        return importlib.import_module(f".{name}", __name__)
     where = _LAZY.get(name)
     if where is None:
         raise AttributeError(f"module 'flexsn_core' has no attribute {name!r}")

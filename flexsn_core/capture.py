@@ -8,7 +8,12 @@ the function's own ``def`` and add what it reads from outside:
   of those), read as globals or closed over, become assignments;
 * plain Python helper functions it calls are captured the same way;
 * functions of ``torch`` / ``math`` imported by name (``from torch import
-  sigmoid``) become aliases of the module attribute.
+  sigmoid``) become aliases of the module attribute;
+* surrogate spike functions (:mod:`flexsn_core.surrogate` instances, classes or
+  the module itself, and SpikingJelly's surrogate instances) are not written
+  into the source: they are returned as data (class name + parameters, see
+  :func:`flexsn_core.surrogate.describe`), which the spec carries and
+  ``KernelSpec.load_core`` rebuilds under the same names.
 
 Anything else (a tensor, an ``nn.Module``, a class, a numpy module...) cannot
 be written down faithfully and raises :class:`CoreCaptureError` naming the
@@ -29,9 +34,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import surrogate
 from .errors import CoreCaptureError, CoreSourceError
 
-__all__ = ["capture_source"]
+__all__ = ["CapturedCore", "capture_core", "capture_source"]
 
 _SCALARS = (bool, int, float, str, type(None))
 
@@ -68,7 +74,19 @@ class _Captured:
     imports: set[str] = field(default_factory=set)
     constants: dict[str, str] = field(default_factory=dict)
     helpers: dict[str, str] = field(default_factory=dict)
+    #: captured surrogates by name: their spec data (never code)
+    surrogates: dict[str, dict[str, object]] = field(default_factory=dict)
     visiting: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class CapturedCore:
+    """What a core becomes: self-contained ``source`` defining ``entry``, plus the
+    surrogates it captured (name -> data), which the source uses but does not define."""
+
+    source: str
+    entry: str
+    surrogates: dict[str, dict[str, object]]
 
 
 def _function_source(fn: types.FunctionType, role: str) -> str:
@@ -103,6 +121,35 @@ def _function_source(fn: types.FunctionType, role: str) -> str:
         )
     lines = text.splitlines()
     return "\n".join(lines[node.lineno - 1 : node.end_lineno]) + "\n"
+
+
+def _annotation_names(source: str) -> set[str]:
+    """Names the annotations of the source's function signatures start with (``torch`` of ``torch.Tensor``).
+
+    Annotations are not code the function runs (``load_core`` never evaluates
+    them), but the source must still define the names they use.
+    """
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            annotations = [a.annotation for a in (*args.posonlyargs, *args.args, *args.kwonlyargs,
+                                                  args.vararg, args.kwarg) if a is not None]
+            for annotation in (*annotations, node.returns):
+                if annotation is not None:
+                    names |= {n.id for n in ast.walk(annotation) if isinstance(n, ast.Name)}
+    return names
+
+
+def _capture_annotations(fn: types.FunctionType, source: str, owner: str, out: _Captured) -> None:
+    """Capture what annotations name, where it can be written down; skip the rest (an annotation
+    does not run, and the service's source check names anything still undefined)."""
+    for name in sorted(_annotation_names(source)):
+        if name in fn.__globals__ and not hasattr(builtins, name):
+            try:
+                _capture_value(name, fn.__globals__[name], owner, out)
+            except CoreCaptureError:
+                continue
 
 
 def _referenced_names(code: types.CodeType) -> tuple[set[str], set[str]]:
@@ -151,6 +198,16 @@ def _resolve(fn: types.FunctionType) -> dict[str, object]:
 
 
 def _capture_value(name: str, value: object, owner: str, out: _Captured) -> None:
+    described = surrogate.describe(value, name)
+    if described is not None:
+        existing = out.surrogates.get(name)
+        if existing is not None and existing != described:
+            raise CoreCaptureError(
+                f"the name {name!r} means the surrogate {existing} in one function and {described} in "
+                "another; rename one of them"
+            )
+        out.surrogates[name] = described
+        return
     if isinstance(value, types.ModuleType):
         if not _is_allowed_module(value):
             raise CoreCaptureError(
@@ -202,10 +259,10 @@ def _capture_value(name: str, value: object, owner: str, out: _Captured) -> None
             return
     kind = "class" if isinstance(value, type) else type(value).__name__
     hint = ""
-    if isinstance(value, type) and issubclass(value, torch.autograd.Function):
+    if callable(value):
         hint = (
-            "; for a surrogate gradient write a straight-through expression instead, "
-            "e.g. `spike = sg + (hard - sg).detach()`"
+            "; for a surrogate spike function use flexsn_core.surrogate (e.g. "
+            "`sg = flexsn_core.surrogate.Sigmoid(alpha=4.0)`, then `sg(h - v_th)` in the core)"
         )
     raise CoreCaptureError(
         f"{owner!r} refers to {name!r}, a {kind}, which cannot be written into a kernel "
@@ -225,16 +282,34 @@ def _capture_function(fn: types.FunctionType, out: _Captured, alias: str) -> Non
         if ref == name and value is fn:
             continue  # recursion
         _capture_value(ref, value, name, out)
+    _capture_annotations(fn, source, name, out)
     out.helpers[name] = source
     if alias != name:
         out.constants[alias] = name
 
 
 def capture_source(core: object) -> tuple[str, str]:
-    """Return ``(source, entry)`` for a core function.
+    """Return ``(source, entry)`` for a core function that captures no surrogate.
 
     ``source`` is canonical module text that defines ``entry`` and everything
-    it needs; ``KernelSpec.load_core`` rebuilds the callable from it.
+    it needs. A core that captures surrogates needs them as well: use
+    :func:`capture_core` (or ``KernelSpec.from_core``).
+    """
+    captured = capture_core(core)
+    if captured.surrogates:
+        raise CoreCaptureError(
+            f"the core captures surrogates ({', '.join(sorted(captured.surrogates))}), which its source text "
+            "alone does not define; use capture_core() or KernelSpec.from_core()"
+        )
+    return captured.source, captured.entry
+
+
+def capture_core(core: object) -> CapturedCore:
+    """Capture a core function: its canonical source, entry name and surrogates.
+
+    ``source`` is canonical module text that defines ``entry`` and everything
+    it needs except the surrogates, which ``KernelSpec.load_core`` rebuilds from
+    their data under the names the source uses.
     """
     if isinstance(core, torch.nn.Module):
         raise CoreCaptureError(
@@ -252,7 +327,14 @@ def capture_source(core: object) -> tuple[str, str]:
     out.visiting.add(entry)
     for ref, value in _resolve(core).items():
         _capture_value(ref, value, entry, out)
+    _capture_annotations(core, source, entry, out)
     out.helpers.pop(entry, None)
+    clash = sorted(set(out.surrogates) & ({entry} | set(out.constants) | set(out.helpers)))
+    if clash:
+        raise CoreCaptureError(
+            f"the name {clash[0]!r} means a surrogate in one function and something else in another; "
+            "rename one of them"
+        )
 
     parts: list[str] = []
     if out.imports:
@@ -267,4 +349,5 @@ def capture_source(core: object) -> tuple[str, str]:
     if aliases:
         parts.append("".join(f"{k} = {aliases[k]}\n" for k in sorted(aliases)))
     parts.append(source)
-    return "\n\n".join(p.rstrip("\n") + "\n" for p in parts), entry
+    text = "\n\n".join(p.rstrip("\n") + "\n" for p in parts)
+    return CapturedCore(text, entry, {k: out.surrogates[k] for k in sorted(out.surrogates)})

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .capture import capture_source
+from .capture import capture_core
 from .errors import CoreReturnTypeError, CoreSignatureError, CoreSourceError
 from .spec import SUPPORTED_DTYPES
 
@@ -118,7 +118,7 @@ def check_capture(core: Callable[..., Any]) -> None:
     built; the HOP fallback runs it meanwhile.
     """
     try:
-        capture_source(core)
+        capture_core(core)  # surrogates included: they are data the spec carries
     except CoreSourceError:
         pass
 

@@ -7,6 +7,7 @@
 | ``FLEXSN_LAUNCHER`` | :func:`launcher_name` | ``driver`` (ctypes CUDA driver) or ``triton`` (Triton's launcher) | ``driver`` |
 | ``FLEXSN_AUTOTUNE`` | :func:`autotune_enabled` | ``0`` turns GPU autotuning off (default configs) | on |
 | ``FLEXSN_BACKWARD`` | :func:`backward_mode` | training backward: ``auto``, ``stored`` (read the save plan's buffers) or ``recompute`` (keep only inputs, rebuild the rest) | ``auto`` |
+| ``FLEXSN_HOP_LOWERING`` | :func:`hop_lowering` | the HOP path's time loop inside ``torch.compile`` without grad: ``unroll``, ``while_loop`` or ``scan`` | ``unroll`` |
 
 The functions read the environment when called (tests change it with
 ``monkeypatch.setenv``), and each costs one dict lookup: cheap enough for the
@@ -23,14 +24,17 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "cache_dir", "interpreter_enabled", "launcher_name", "autotune_enabled", "backward_mode", "LAUNCHERS",
-    "BACKWARD_MODES",
+    "cache_dir", "interpreter_enabled", "launcher_name", "autotune_enabled", "backward_mode", "hop_lowering",
+    "LAUNCHERS", "BACKWARD_MODES", "HOP_LOWERINGS",
 ]
 
 #: Values ``FLEXSN_LAUNCHER`` may take.
 LAUNCHERS = ("driver", "triton")
 #: Values ``FLEXSN_BACKWARD`` may take.
 BACKWARD_MODES = ("auto", "stored", "recompute")
+
+#: Values ``FLEXSN_HOP_LOWERING`` may take.
+HOP_LOWERINGS = ("unroll", "while_loop", "scan")
 
 _OFF = ("", "0")
 
@@ -69,3 +73,13 @@ def backward_mode() -> str:
     if mode not in BACKWARD_MODES:
         raise ValueError(f"FLEXSN_BACKWARD must be one of {', '.join(BACKWARD_MODES)}; got {mode!r}")
     return mode
+
+
+def hop_lowering() -> str:
+    """How ``FlexSN(backend="hop")`` loops over time inside ``torch.compile`` without grad
+    (``FLEXSN_HOP_LOWERING``): ``"unroll"`` (default), ``"while_loop"`` or ``"scan"``
+    (see :mod:`flexsn_core.hop_lowerable`). Read while Dynamo traces, so a change needs a recompile."""
+    name = os.environ.get("FLEXSN_HOP_LOWERING", "").strip().lower() or "unroll"
+    if name not in HOP_LOWERINGS:
+        raise ValueError(f"FLEXSN_HOP_LOWERING must be one of {', '.join(HOP_LOWERINGS)}; got {name!r}")
+    return name

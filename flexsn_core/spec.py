@@ -16,18 +16,21 @@ import builtins
 import functools
 import hashlib
 import json
+import keyword
 import linecache
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from . import surrogate as _surrogate
 from ._version import CODEGEN_VERSION
-from .capture import capture_source
+from .capture import capture_core
 from .errors import CoreSignatureError, CoreSourceError
 
-__all__ = ["KernelSpec", "SUPPORTED_DTYPES", "triton_version", "torch_version"]
+__all__ = ["KernelSpec", "SurrogateRef", "SUPPORTED_DTYPES", "MAX_SURROGATES", "triton_version", "torch_version"]
 
 #: Element dtypes a spec may name, by their torch name.
 SUPPORTED_DTYPES: dict[str, torch.dtype] = {
@@ -76,6 +79,91 @@ def _dtype_name(dtype: torch.dtype | str) -> str:
     return name
 
 
+#: Most surrogates one spec may declare.
+MAX_SURROGATES = 64
+
+
+class SurrogateRef(NamedTuple):
+    """One surrogate a spec's source uses under ``name`` without defining it (see
+    :mod:`flexsn_core.surrogate`): an ``instance`` of ``kind`` with ``params``, the
+    ``class`` ``kind``, or the surrogate ``module``. Plain data, never code."""
+
+    name: str
+    form: str
+    kind: str | None = None
+    params: tuple[tuple[str, float], ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"form": self.form}
+        if self.kind is not None:
+            data["kind"] = self.kind
+        if self.params is not None:
+            data["params"] = dict(self.params)
+        return data
+
+
+_SURROGATE_FIELDS = {"instance": {"form", "kind", "params"}, "class": {"form", "kind"}, "module": {"form"}}
+
+
+def _surrogate_ref(name: object, data: object, entry: str) -> SurrogateRef:
+    """Validate one ``surrogates`` entry of a spec (data from anyone: every field is checked)."""
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or len(name) > 128:
+        raise ValueError(f"surrogate name {name!r} is not a Python identifier")
+    if name.startswith("__") or name == entry:
+        raise ValueError(f"surrogate name {name!r} is not allowed")
+    if not isinstance(data, Mapping):
+        raise ValueError(f"surrogate {name!r} must be an object, got {type(data).__name__}")
+    form = data.get("form")
+    if form not in _SURROGATE_FIELDS:
+        raise ValueError(f"surrogate {name!r}: form must be one of {', '.join(_SURROGATE_FIELDS)}, got {form!r}")
+    fields = set(data)
+    if fields != _SURROGATE_FIELDS[form]:
+        raise ValueError(
+            f"surrogate {name!r} ({form}) must have exactly the fields {sorted(_SURROGATE_FIELDS[form])}, "
+            f"got {sorted(map(str, fields))}"
+        )
+    if form == "module":
+        return SurrogateRef(name, form)
+    kind = data["kind"]
+    cls = _surrogate.CATALOGUE.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(
+            f"surrogate {name!r}: unknown kind {kind!r}; known: {', '.join(_surrogate.CATALOGUE)}"
+        )
+    if form == "class":
+        return SurrogateRef(name, form, kind)
+    params = data["params"]
+    if not isinstance(params, Mapping) or set(params) != set(cls.defaults):
+        got = sorted(map(str, params)) if isinstance(params, Mapping) else type(params).__name__
+        raise ValueError(f"surrogate {name!r}: {kind} takes the parameters {sorted(cls.defaults)}, got {got}")
+    values = []
+    for param in cls.defaults:  # the class's own order
+        value = params[param]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"surrogate {name!r}: parameter {param!r} must be a finite number, got {value!r}")
+        values.append((param, float(value)))
+    cls.check(**dict(values))
+    return SurrogateRef(name, form, kind, tuple(values))
+
+
+def _surrogate_refs(value: object, entry: str) -> tuple[SurrogateRef, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, tuple) and all(isinstance(v, SurrogateRef) for v in value):
+        items = [(v.name, v.to_json()) for v in value]
+    elif isinstance(value, Mapping):
+        items = list(value.items())
+    else:
+        raise ValueError(f"surrogates must map names to surrogate data, got {type(value).__name__}")
+    if len(items) > MAX_SURROGATES:
+        raise ValueError(f"a spec may declare at most {MAX_SURROGATES} surrogates, got {len(items)}")
+    refs = [_surrogate_ref(name, data, entry) for name, data in items]
+    names = [r.name for r in refs]
+    if len(set(names)) != len(names):
+        raise ValueError("surrogate names must be unique")
+    return tuple(sorted(refs))
+
+
 def _check_count(name: str, value: object, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -96,6 +184,12 @@ class KernelSpec:
     ``None`` means every argument requires grad. Gradients always flow through
     the states over time; a state's flag only says whether the gradient of its
     *initial* value is returned.
+
+    ``surrogates`` names the surrogate spike functions the source uses without
+    defining them, as data (``{name: {"form": "instance", "kind": "Sigmoid",
+    "params": {"alpha": 4.0}}}``, see :mod:`flexsn_core.surrogate`); it is part of
+    the key, and :meth:`load_core` rebuilds them under those names. Given as a
+    mapping, it is stored as a sorted tuple of :class:`SurrogateRef`.
     """
 
     source: str
@@ -106,6 +200,7 @@ class KernelSpec:
     num_static: int = 0
     dtype: str = "float32"
     requires_grad: tuple[bool, ...] | None = field(default=None)
+    surrogates: tuple[SurrogateRef, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
@@ -131,6 +226,7 @@ class KernelSpec:
                     f"num_static), got {flags!r}"
                 )
         object.__setattr__(self, "requires_grad", flags)
+        object.__setattr__(self, "surrogates", _surrogate_refs(self.surrogates, self.entry))
 
     # ----------------------------------------------------------------- build
     @classmethod
@@ -146,16 +242,17 @@ class KernelSpec:
         requires_grad: Sequence[bool] | None = None,
     ) -> KernelSpec:
         """Capture ``core``'s source (and what it reads) into a spec."""
-        source, entry = capture_source(core)
+        captured = capture_core(core)
         return cls(
-            source=source,
-            entry=entry,
+            source=captured.source,
+            entry=captured.entry,
             num_inputs=num_inputs,
             num_states=num_states,
             num_outputs=num_outputs,
             num_static=num_static,
             dtype=dtype,  # type: ignore[arg-type]
             requires_grad=None if requires_grad is None else tuple(bool(f) for f in requires_grad),
+            surrogates=captured.surrogates,  # type: ignore[arg-type]
         )
 
     # ------------------------------------------------------------- identity
@@ -168,7 +265,7 @@ class KernelSpec:
         return SUPPORTED_DTYPES[self.dtype]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "source": self.source,
             "entry": self.entry,
             "num_inputs": self.num_inputs,
@@ -178,6 +275,15 @@ class KernelSpec:
             "dtype": self.dtype,
             "requires_grad": list(self.requires_grad or ()),
         }
+        if self.surrogates:  # absent when empty: specs without surrogates keep their keys
+            data["surrogates"] = {ref.name: ref.to_json() for ref in self.surrogates}
+        return data
+
+    def external_names(self) -> dict[str, tuple[str, ...] | None]:
+        """Names the source uses without defining them (the surrogates): ``None`` for a
+        value (an instance or a class), the member names for the surrogate module."""
+        members = ("heaviside", *sorted(_surrogate.CATALOGUE))
+        return {ref.name: members if ref.form == "module" else None for ref in self.surrogates}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KernelSpec:
@@ -190,6 +296,7 @@ class KernelSpec:
             "num_static",
             "dtype",
             "requires_grad",
+            "surrogates",
         }
         unknown = set(data) - known
         if unknown:
@@ -207,6 +314,7 @@ class KernelSpec:
             num_static=data.get("num_static", 0),
             dtype=data.get("dtype", "float32"),
             requires_grad=None if flags is None else tuple(flags),
+            surrogates=data.get("surrogates") or (),
         )
 
     def canonical_json(self) -> str:
@@ -239,11 +347,13 @@ class KernelSpec:
         This executes the source, so call it only on trusted text or inside the
         build sandbox (the service does).
         """
-        return _load_core(self.source, self.entry, self.filename)
+        return _load_core(self.source, self.entry, self.filename, self.surrogates)
 
 
 @functools.lru_cache(maxsize=256)
-def _load_core(source: str, entry: str, filename: str) -> Callable[..., Any]:
+def _load_core(
+    source: str, entry: str, filename: str, surrogates: tuple[SurrogateRef, ...] = ()
+) -> Callable[..., Any]:
     try:
         tree = ast.parse(source, filename=filename)
     except SyntaxError as exc:
@@ -260,12 +370,20 @@ def _load_core(source: str, entry: str, filename: str) -> Callable[..., Any]:
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     code = compile(tree, filename, "exec")
     namespace: dict[str, Any] = {"__name__": "flexsn_core_user", "__builtins__": builtins}
+    # The surrogates are rebuilt from their data, never from code, and visible to the core as globals.
+    declared = {ref.name: _surrogate.rebuild(ref.to_json()) for ref in surrogates}
+    namespace.update(declared)
     try:
         exec(code, namespace)
     except Exception as exc:  # the module-level part of the source failed
         raise CoreSourceError(
             f"running the core source's module level failed: {type(exc).__name__}: {exc}"
         ) from exc
+    for name, value in declared.items():
+        if namespace.get(name) is not value:
+            raise CoreSourceError(
+                f"the core source defines {name!r}, which the spec declares as a surrogate; rename one of them"
+            )
     fn = namespace[entry]
     if not callable(fn):
         raise CoreSignatureError(f"{entry!r} in the core source is not callable")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 if TYPE_CHECKING:
     from .store import Store
@@ -44,7 +45,8 @@ _NEEDS = {
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    """One line on stderr (never wrapped), and the exit status to raise."""
+    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -70,6 +72,8 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="port (default 8000)")] = None,
     store: Annotated[Optional[str], typer.Option(help="store URL (default disk:./flexsn-store)")] = None,
     workers: Annotated[Optional[int], typer.Option(help="builds running at once")] = None,
+    http_workers: Annotated[Optional[int], typer.Option(
+        "--http-workers", help="uvicorn worker processes (default 1; FLEXSN_SERVICE_HTTP_WORKERS)")] = None,
 ) -> None:
     """Run the cache service (works on a fresh machine: embedded store in a local folder)."""
     require_extra("serve")
@@ -78,11 +82,12 @@ def serve(
     from .config import Settings
     from .main import create_app
 
-    overrides = {k: v for k, v in {"host": host, "port": port, "store": store, "workers": workers}.items() if v is not None}
+    overrides = {k: v for k, v in {"host": host, "port": port, "store": store, "workers": workers,
+                                   "http_workers": http_workers}.items() if v is not None}
     try:
         settings = Settings(**overrides)
     except ValueError as exc:
-        raise _fail(f"invalid settings: {exc}") from None
+        raise _fail(f"invalid settings: {_one_line(exc)}") from None
     bind = settings.host
     if settings.tokens is None and bind not in ("127.0.0.1", "::1", "localhost"):
         console.print(
@@ -91,7 +96,17 @@ def serve(
         )
         bind = "127.0.0.1"
     console.print(f"flexsn-cache serving on http://{bind}:{settings.port} (store {settings.store}, docs at /docs)")
-    uvicorn.run(create_app(settings), host=bind, port=settings.port, log_config=None, access_log=False)
+    if settings.http_workers == 1:
+        uvicorn.run(create_app(settings), host=bind, port=settings.port, log_config=None, access_log=False)
+        return
+    # Several worker processes: uvicorn imports the app in each, so the settings travel as environment
+    # variables. Each worker runs its own builds; the store's build leases keep one build per spec.
+    import os
+
+    for name, value in overrides.items():
+        os.environ[f"FLEXSN_SERVICE_{name.upper()}"] = str(value)
+    uvicorn.run("flexsn_service.main:create_app", factory=True, workers=settings.http_workers, host=bind,
+                port=settings.port, log_config=None, access_log=False)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -115,6 +130,30 @@ def _open(store_url: str) -> Store:
         raise _fail(str(exc)) from None
 
 
+def _open_existing(store_url: str, command: str) -> Store:
+    """The store ``gc``/``verify`` maintain: refused unless it exists (opening a folder would create one).
+
+    Run from the wrong folder, the default ``disk:./flexsn-store`` used to become
+    a fresh, empty store that verified "ok".
+    """
+    import sqlite3
+
+    from .store import DiskStore, StoreError
+
+    scheme, _, path = store_url.partition(":")
+    if scheme == "disk" and path:
+        problem = DiskStore.why_not_a_store(path)
+        if problem:
+            raise _fail(
+                f"{problem}; `flexsn-cache {command}` works on an existing store: pass --store disk:PATH "
+                "(or FLEXSN_SERVICE_STORE) as `serve` was given, or run it where `serve` runs"
+            )
+    try:
+        return _open(store_url)
+    except (StoreError, sqlite3.DatabaseError, OSError) as exc:
+        raise _fail(f"cannot open the store {store_url}: {type(exc).__name__}: {exc}") from None
+
+
 def gc(
     max_bytes: Annotated[str, typer.Option("--max-bytes", help="keep at most this much, e.g. 10G")],
     store: StoreOption = DEFAULT_STORE,
@@ -122,7 +161,7 @@ def gc(
     """Evict least recently used kernels (and their unshared blobs) until the store fits."""
     require_extra("gc")
     limit = parse_size(max_bytes)
-    report = _open(store).gc(limit)
+    report = _open_existing(store, "gc").gc(limit)
     out.print(
         f"{report.bytes_before:,} -> {report.bytes_after:,} bytes; evicted {len(report.evicted_manifests)} kernel(s), "
         f"deleted {report.deleted_blobs} blob(s)"
@@ -137,7 +176,7 @@ def verify(
 ) -> None:
     """Re-hash every blob and check that no manifest points at a missing blob."""
     require_extra("verify")
-    report = _open(store).verify(repair=repair)
+    report = _open_existing(store, "verify").verify(repair=repair)
     out.print(f"checked {report.blobs_checked} blob(s), {report.manifests_checked} manifest(s)")
     for sha in report.corrupt_blobs:
         out.print(f"[red]corrupt blob[/red] {sha}")
@@ -168,3 +207,14 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _one_line(exc: ValueError) -> str:
+    """A settings error as one line: pydantic's multi-line report reduced to "field: message"."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'settings'}: {str(e.get('msg', '')).removeprefix('Value error, ')}"
+        for e in errors()
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -11,7 +12,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flexsn_core.compile import KernelConfig, parse_target
 
-__all__ = ["Settings", "get_settings", "parse_configs"]
+__all__ = ["Settings", "get_settings", "parse_configs", "parse_size"]
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``1500``, ``10M``, ``2.5G``, ``1GiB`` -> bytes (powers of 1024); ValueError otherwise."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (try 500M or 2G)")
+    return int(float(match.group(1)) * 1024 ** " kmgt".index(match.group(2).lower() or " "))
 
 
 def parse_configs(text: str) -> list[KernelConfig]:
@@ -33,7 +45,7 @@ def parse_configs(text: str) -> list[KernelConfig]:
 class Settings(BaseSettings):
     """Every setting of the service; environment variables override the defaults.
 
-    ``FLEXSN_SERVICE_STORE``        ``disk:PATH`` (embedded diskcache)
+    ``FLEXSN_SERVICE_STORE``        ``disk:PATH`` (embedded diskcache) or ``redis://HOST:PORT/DB`` (shared by replicas)
     ``FLEXSN_SERVICE_TOKENS``       a tokens file (``TOKEN SCOPES [NAME]`` per line); unset: localhost only, no auth
     ``FLEXSN_SERVICE_TARGETS``      archs to cross-compile on a host without a GPU
     ``FLEXSN_SERVICE_BUILD_TIMEOUT_S``, ``FLEXSN_SERVICE_BUILD_MEMORY_MB``: limits of one build
@@ -46,6 +58,12 @@ class Settings(BaseSettings):
                                     rlimits), ``require`` (refuse to start without), ``off``
     ``FLEXSN_SERVICE_FAILED_BUILD_TTL_S``: how long a failed build is answered from memory
     ``FLEXSN_SERVICE_MAX_IR_BYTES`` the most a jail may print (its IR)
+    ``FLEXSN_SERVICE_MAX_BYTES``    the store's size limit (``500M``, ``20G``; unset: none): LRU kernels are evicted
+    ``FLEXSN_SERVICE_HTTP_WORKERS`` uvicorn worker processes (each with its own builds; one build per spec still)
+    ``FLEXSN_SERVICE_BUILD_LEASE_S``: how long a dead replica's build blocks the others before one takes it over
+    ``FLEXSN_SERVICE_READ_CACHE_MB``: verified blobs and manifests kept in memory (per worker)
+    ``FLEXSN_SERVICE_MANIFEST_TTL_S``: how long a manifest is served from memory before its digest is checked
+    ``FLEXSN_SERVICE_TOUCH_FLUSH_S``: access times of reads are written in batches this often
     ``FLEXSN_SERVICE_SOURCE_CHECK`` TEST ONLY: ``0`` switches the source check off, so that tests
                                     exercise the jail alone. Never in production.
     """
@@ -75,8 +93,30 @@ class Settings(BaseSettings):
     jail_cgroups: Literal["auto", "require", "off"] = "auto"
     failed_build_ttl_s: float = Field(default=600.0, ge=0)
     max_ir_bytes: int = Field(default=16 << 20, ge=1 << 16)
+    #: The store's size limit in bytes (``500M``, ``20G`` accepted); None: no limit.
+    max_bytes: int | None = None
+    http_workers: int = Field(default=1, ge=1, le=64)
+    build_lease_s: float = Field(default=15.0, ge=1.0)
+    read_cache_mb: int = Field(default=256, ge=0)
+    manifest_ttl_s: float = Field(default=1.0, ge=0)
+    touch_flush_s: float = Field(default=5.0, gt=0)
     #: TEST ONLY: False skips the source check (in the API and the worker) so tests reach the jail.
     source_check: bool = True
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        from .store import store_kind  # checked here, so a bad URL is a one-line settings error, not a traceback
+
+        store_kind(value)
+        return value
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_size(value) if value.strip() else None
+        return value
 
     @field_validator("configs")
     @classmethod

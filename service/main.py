@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,12 +25,15 @@ from .auth import load_tokens
 from .builds.cgroup import CgroupUnavailable, Cgroups
 from .builds.cgroup import detect as detect_cgroups
 from .builds.jail import Jail, JailLimits, JailUnavailable
+from .builds.leases import leases_for
 from .builds.manager import BuildManager
 from .builds.source_check_pool import SourceCheckPool
 from .config import Settings, get_settings
 from .logs import RequestContextMiddleware, configure_logging
 from .metrics import ServiceMetrics
 from .store import StoreError, open_store
+from .store.limit import SizeLimit
+from .store.reads import ReadCache
 
 __all__ = ["create_app", "local_gpu_target"]
 
@@ -90,6 +94,20 @@ def start_jail(settings: Settings) -> Jail:
     return jail
 
 
+def _flush_once(reads: ReadCache) -> None:
+    try:
+        reads.flush()
+    except Exception as exc:  # noqa: BLE001 - access times only steer eviction: try again next time
+        logger.warning("writing access times failed: %s", exc)
+
+
+async def _flush_reads(reads: ReadCache, every_s: float) -> None:
+    """Write the access times of what was read, in one batch every ``every_s`` (reads write nothing)."""
+    while True:
+        await asyncio.sleep(every_s)
+        await asyncio.to_thread(_flush_once, reads)
+
+
 def _route_id(route: APIRoute) -> str:
     """Stable OpenAPI operation ids: the route function's name."""
     return route.name
@@ -112,6 +130,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gpu_target = local_gpu_target() if settings.use_gpu else None
         targets = [gpu_target] if gpu_target else sorted({canonical_target(t) for t in settings.target_list})
         work_root = ((settings.store_directory or Path("flexsn-work")) / "work").resolve()
+        # One build per (key, targets) across the replicas and workers sharing the store.
+        replica = f"{socket.gethostname()}-{os.getpid()}"
+        leases = leases_for(store, replica=replica, lease_s=settings.build_lease_s,
+                            folder=work_root / "leases")  # beside the replicas' work folders, shared by them
+        limit = SizeLimit(store, settings.max_bytes, leases) if settings.max_bytes else None
         manager = BuildManager(
             store,
             work_root,
@@ -126,11 +149,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             source_check=settings.source_check,
             failure_ttl_s=settings.failed_build_ttl_s,
             max_ir_bytes=settings.max_ir_bytes,
+            leases=leases,
+            after_store=limit.enforce if limit is not None else None,
         )
         manager.start()
+        reads = ReadCache(store, max_bytes=settings.read_cache_mb << 20, ttl_s=settings.manifest_ttl_s)
+        flusher = asyncio.get_running_loop().create_task(_flush_reads(reads, settings.touch_flush_s))
+        if limit is not None:
+            await asyncio.to_thread(manager._enforce_limit)  # a lowered limit applies at once
         metrics.watch_store(store.stats)
         checks = SourceCheckPool(processes=_check_processes())
-        app.state.ctx = ServiceContext(settings, store, tokens, manager, metrics, targets, gpu_target, checks)
+        app.state.ctx = ServiceContext(settings, store, tokens, manager, metrics, targets, gpu_target, checks, reads)
         if tokens.enabled:
             logger.info("auth: %d bearer token(s) loaded from %s", len(tokens.tokens), settings.tokens)
         else:
@@ -138,13 +167,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "auth: no tokens configured (FLEXSN_SERVICE_TOKENS); serving localhost clients only, without auth"
             )
         logger.info(
-            "store %s; builds for %s%s; %d worker(s), %gs / %d MB per build",
-            settings.store, ",".join(targets), " (autotuned on this GPU)" if gpu_target else " (cross-compiled)",
+            "store %s%s; builds for %s%s; %d worker(s), %gs / %d MB per build",
+            settings.store if "@" not in settings.store else settings.store.split("://")[0] + "://***",
+            f" (size limit {settings.max_bytes} bytes)" if settings.max_bytes else "", ",".join(targets), " (autotuned on this GPU)" if gpu_target else " (cross-compiled)",
             settings.workers, settings.build_timeout_s, settings.build_memory_mb,
         )
         try:
             yield
         finally:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            await asyncio.to_thread(_flush_once, reads)
             await manager.shutdown()
             await checks.close()
             store.close()

@@ -26,6 +26,12 @@ class SpecIn(BaseModel):
     num_static: int = Field(default=0, ge=0, le=64)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     requires_grad: list[bool] | None = None
+    surrogates: dict[str, dict[str, Any]] | None = Field(
+        default=None, max_length=64,
+        description="surrogate spike functions the source uses without defining them, as data: "
+                    '{name: {"form": "instance", "kind": "Sigmoid", "params": {"alpha": 4.0}}} '
+                    "(see flexsn_core.surrogate); checked by KernelSpec",
+    )
 
 
 class BuildRequest(SpecIn):

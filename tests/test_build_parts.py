@@ -123,26 +123,40 @@ def test_finished_records_are_pruned(keep: float) -> None:
 
 
 def test_work_dirs_are_per_process_and_only_dead_ones_are_removed(tmp_path) -> None:  # noqa: ANN001
+    """Liveness is the owner's lock, not a pid: a replica in another container may reuse our
+    host name and pid (issue #12: starting a replica wiped another's in-flight scratch)."""
     import os
     import socket
     import subprocess
+    import time
 
     from flexsn_service.builds.workdir import create_work_dir, remove_work_dir
 
     host = socket.gethostname()
-    dead = subprocess.Popen(["true"])
-    dead.wait()
     folders = {
-        "dead": tmp_path / f"{host}-{dead.pid}-0123abcd",
-        "alive": tmp_path / f"{host}-{os.getppid()}-0123abcd",  # another replica, still running
-        "other host": tmp_path / f"elsewhere-{dead.pid}-0123abcd",
+        "dead": tmp_path / f"{host}-4194001-0123abcd",  # its owner's lock is free
+        "alive, same host and pid": tmp_path / f"{host}-4194000-4567abcd",  # a pid not ours: another container
+        "older version": tmp_path / f"{host}-1-89abcdef",  # no owner file: not ours to judge
     }
     for folder in folders.values():
         (folder / "builds" / "x").mkdir(parents=True)
-    mine = create_work_dir(tmp_path)
-    assert mine.name.startswith(f"{host}-{os.getpid()}-") and (mine / "builds").is_dir()
-    assert not folders["dead"].exists()
-    assert folders["alive"].exists() and folders["other host"].exists()
+    (folders["dead"] / ".owner").touch()
+    owner = folders["alive, same host and pid"] / ".owner"
+    owner.touch()
+    holder = subprocess.Popen(["flock", str(owner), "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["flock", "-n", str(owner), "true"]).returncode == 0:  # wait until it holds it
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        mine = create_work_dir(tmp_path)
+        assert mine.name.startswith(f"{host}-{os.getpid()}-") and (mine / "builds").is_dir()
+        assert not folders["dead"].exists()
+        assert folders["alive, same host and pid"].exists() and folders["older version"].exists()
+        assert create_work_dir(tmp_path) != mine and mine.exists()  # a second replica leaves ours alone
+    finally:
+        holder.kill()
+        holder.wait()
     remove_work_dir(mine)
     assert not mine.exists()
 
@@ -176,3 +190,20 @@ def test_a_worker_whose_warm_up_fails_is_the_services_fault_not_the_cores() -> N
     assert failure.value.error_type == "BuildEnvironmentError"
     assert not failure.value.user_error and not failure.value.remember
     assert "uid not found" in str(failure.value)
+
+
+def test_a_worker_without_stdin_runs() -> None:
+    """The GPU tuner is started with stdin=/dev/null; run() asserted a pipe, so every build on a GPU host
+    failed at "autotuning" with a bare "internal error: AssertionError" (seen on the H200)."""
+    import sys
+
+    from flexsn_service.builds.process import Worker
+
+    async def main():  # noqa: ANN202
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "print('{\"event\": \"progress\", \"stage\": \"ready\"}')",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        worker = Worker(proc, name="tuner")
+        return await worker.run(b"", timeout=60, timeout_message="timeout", wait_ready=False)
+
+    assert asyncio.run(main()).returncode == 0

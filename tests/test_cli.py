@@ -104,9 +104,12 @@ def test_the_core_install_runs_the_client_commands(core_install: Path, server: S
     result, modules = _run(core_install, "warm", "--help")
     assert result.returncode == 0 and "start-up step" in result.stdout, result.stderr
     assert "torch" not in _tops(modules)
-    result, modules = _run(core_install, "stats", "--url", server.url)
+    result, modules = _run(core_install, "stats", "--json", "--url", server.url)
     assert result.returncode == 0, result.stderr
     assert {"hits", "misses", "kernels", "bytes"} <= set(re.findall(r'"(\w+)":', result.stdout))
+    assert not {"torch", *SERVICE_ONLY} & _tops(modules), sorted(_tops(modules))
+    result, modules = _run(core_install, "stats", "--url", server.url)
+    assert result.returncode == 0 and "hit rate" in result.stdout, result.stderr
     assert not {"torch", *SERVICE_ONLY} & _tops(modules), sorted(_tops(modules))
     result, _ = _run(core_install, "ls", "--json", "--url", server.url)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr

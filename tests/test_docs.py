@@ -28,7 +28,7 @@ def test_readme_op_list_matches_lowering_table() -> None:
 
 def test_public_api_is_exactly_all() -> None:
     exported = {
-        "FlexSN", "FlexSNKernel", "flex_sn_scan", "functional", "MemoryModule", "KernelSpec", "KernelSet", "KernelConfig", "FlexSNInfo", "Artifact", "build_artifacts",
+        "FlexSN", "FlexSNKernel", "flex_sn_scan", "functional", "surrogate", "MemoryModule", "KernelSpec", "KernelSet", "KernelConfig", "FlexSNInfo", "Artifact", "build_artifacts",
         "counters", "reset_counters", "KINDS", "DEFAULT_TARGETS", "DEFAULT_CONFIGS", "FlexSNError",
         "CoreError", "CoreSourceError", "CoreCaptureError", "CoreSignatureError", "CoreReturnTypeError",
         "CoreTraceError", "UnsupportedOpError", "CompileError", "ArtifactError", "IntegrityError",

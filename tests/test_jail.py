@@ -71,7 +71,7 @@ def test_inside_sees_only_what_it_needs_and_writes_only_scratch(jail: Jail, tmp_
     assert (facts["uid"], facts["gid"]) == (65534, 65534)
     assert set(facts["env"]) <= {"PATH", "PYTHONPATH", "HOME", "TMPDIR", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
                                  "PYTHONDONTWRITEBYTECODE", "FLEXSN_CACHE_DIR", "TRITON_CACHE_DIR", "LANG", "PWD",
-                                 "LC_CTYPE"}
+                                 "LC_CTYPE", "USER", "LOGNAME", "TORCHINDUCTOR_CACHE_DIR"}
     assert facts["pid1_environ"] == ""
     assert len(facts["pids"]) <= 3  # bwrap's init, python (and the shell, if any): nothing of the host
     assert facts["hostname"] == "flexsn-jail"

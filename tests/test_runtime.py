@@ -371,3 +371,33 @@ def test_settings_are_read_when_asked(monkeypatch, tmp_path) -> None:  # noqa: A
     assert settings.launcher_name() == "driver"
     monkeypatch.setenv("FLEXSN_CACHE_DIR", str(tmp_path / "cache"))
     assert settings.cache_dir() == tmp_path / "cache" and (tmp_path / "cache").is_dir()
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_triton_launcher_passes_every_constexpr_the_kernel_declares(monkeypatch, prefetch) -> None:  # noqa: ANN001
+    """On the H200 the Triton launcher passed (BLOCK, INTERPRET) only, while the kernels also declare
+    PREFETCH: every launch failed with "function takes exactly 27 arguments (26 given)"."""
+    import triton.compiler.compiler as triton_compiler
+
+    from flexsn_core.runtime.launchers.triton import TritonLauncher
+
+    made = []
+
+    class FakeCompiledKernel:
+        def __init__(self, src, group, hash_) -> None:  # noqa: ANN001
+            self.src = src
+            made.append(self)
+
+    monkeypatch.setattr(triton_compiler, "CompiledKernel", FakeCompiledKernel)
+    generated = generate(KernelSpec.from_core(neurons.lif_soft, 1, 1, 1))
+    for kind, kernel in generated.kernels.items():
+        params = list(kernel.params)
+        constexpr_at = [i for i, (_, t) in enumerate(params) if t == "constexpr"]
+        entry = {"launch": {"name": kernel.name}, "triton_metadata": {"name": kernel.name},
+                 "config": {"block": 512, "prefetch": prefetch}}
+        fn = TritonLauncher().load(entry, b"cubin", params, 0)
+        # every constexpr has its value in the kernel's constants and in the launch's trailing arguments
+        assert sorted(i for (i,) in made[-1].src.constants) == constexpr_at, kind
+        assert constexpr_at == list(range(len(params) - len(constexpr_at), len(params))), kind  # they are last
+        assert fn.constexprs == tuple({"BLOCK": 512, "INTERPRET": False, "PREFETCH": prefetch}[params[i][0]]
+                                      for i in constexpr_at), kind

@@ -23,7 +23,8 @@ def _spec(name: str, **kw) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Server:  # noqa: ANN001
-    with live_server(tmp_path_factory.mktemp("service")) as s:
+    # access times are written in batches; a short interval lets the gc test see its touch
+    with live_server(tmp_path_factory.mktemp("service"), touch_flush_s="0.2") as s:
         yield s
 
 
@@ -103,7 +104,7 @@ def test_cli_build_ls_stats_verify_and_gc(server: Server) -> None:
     env = {"FLEXSN_CACHE_URL": server.url}
     listed = run_cli("ls", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
-    stats = run_cli("stats", env=env)
+    stats = run_cli("stats", "--json", env=env)
     assert stats.returncode == 0 and '"hits"' in stats.stdout
     # built by the tests above, or now (xdist may have run them on another worker)
     for core in ("lif_hard", "lif_soft", "lif_hard"):
@@ -119,7 +120,8 @@ def test_cli_build_ls_stats_verify_and_gc(server: Server) -> None:
         items = http.get("/v1/kernels").json()["items"]
         assert len(items) >= 2
         keep = items[0]["key"]
-        http.get(f"/v1/kernels/{keep}")  # touch: now the most recently used
+        http.get(f"/v1/kernels/{keep}")  # touch: now the most recently used ...
+        time.sleep(1.0)  # ... once the service has written its batch of access times (every 0.2 s here)
         gc = run_cli("gc", "--max-bytes", str(items[0]["bytes"]), "--store", store)
         assert gc.returncode == 0, gc.stderr
         remaining = {i["key"] for i in http.get("/v1/kernels").json()["items"]}

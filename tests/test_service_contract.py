@@ -25,6 +25,7 @@ from flexsn_service import Settings, create_app, schemas
 from flexsn_service.builds.manager import BuildActivity
 from flexsn_service.builds.source_check_pool import CheckUnavailable
 from flexsn_service.store import StoreError
+from flexsn_service.store.reads import ReadCache
 
 TOKENS = {scope: secrets.token_urlsafe(32) for scope in ("read", "build", "admin")}
 LIMIT = 50_000
@@ -202,7 +203,13 @@ def test_the_openapi_document_matches_every_answer(client: TestClient) -> None:
     builds.next_state = "failed"
     answers.append(("post", "/v1/kernels", client.post("/v1/kernels", params={"wait": "true"},
                                                        json=_spec("plif"), headers=B)))
+    # a manifest unchanged since the client's copy: 304
+    etag = client.get(f"/v1/kernels/{art2.key}", headers=A).headers["etag"]
+    answers.append(("get", f"/v1/kernels/{art2.key}",
+                    client.get(f"/v1/kernels/{art2.key}", headers={**A, "If-None-Match": etag})))
     _ctx(client).store = BrokenStore()
+    reads = _ctx(client).reads
+    _ctx(client).reads = ReadCache(BrokenStore(), max_bytes=1 << 20, ttl_s=1.0)  # nothing verified in memory yet
     for method, path in [("get", "/v1/kernels"), ("get", f"/v1/kernels/{key}"), ("get", f"/v1/kernels/{key}/bundle"),
                          ("delete", f"/v1/kernels/{key}"), ("post", f"/v1/kernels/{key}/tuning"),
                          ("get", f"/v1/blobs/{blob}"), ("get", "/v1/stats"), ("get", "/healthz"),
@@ -210,6 +217,7 @@ def test_the_openapi_document_matches_every_answer(client: TestClient) -> None:
         body = tuning if path.endswith("tuning") else _spec("izhikevich") if method == "post" else None
         answers.append((method, path, client.request(method.upper(), path, json=body, headers=A)))
     _ctx(client).store = store
+    _ctx(client).reads = reads
     # Without tokens the service serves loopback clients only: 403 for anyone else, on every route.
     settings = _ctx(client).settings.model_copy(update={"tokens": None})
     with TestClient(create_app(settings), client=("10.1.2.3", 40000)) as remote:

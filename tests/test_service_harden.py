@@ -29,7 +29,10 @@ def server(tmp_path_factory) -> Server:  # noqa: ANN001
     tokens.write_text("".join(f"{value} {scope} {scope}-user\n" for scope, value in TOKENS.items()))
     # 2048x8 makes some cubins larger than diskcache's 32 KiB: the store then holds blobs of both kinds
     # (files and SQLite rows), and the healing test damages one of each.
-    with live_server(root, tokens=str(tokens), max_request_bytes=str(LIMIT), configs="2048x8") as s:
+    # read_cache_mb=0: these tests damage the store behind the service's back and check that the store
+    # itself heals; with the read cache on, the service (rightly) keeps serving the copy it verified.
+    with live_server(root, tokens=str(tokens), max_request_bytes=str(LIMIT), configs="2048x8",
+                     read_cache_mb="0") as s:
         yield s
 
 

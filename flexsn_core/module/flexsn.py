@@ -35,6 +35,8 @@ from ..contract import (
     output_templates,
     validate_examples,
 )
+from ..errors import CoreSignatureError
+from ..hop import scan_arity_error
 from ..memory import MemoryModule
 from .collect import collector
 from .owner import KernelOwner, spec_flags
@@ -111,6 +113,12 @@ class FlexSN(MemoryModule):
             raise ValueError(
                 f"FlexSN step_mode='m' requires at least one input sequence to derive T; got num_inputs={num_inputs}."
             )
+        # Once here, not per call: Dynamo cannot trace inspect.signature (see flexsn_core.hop).
+        arity_error = num_inputs + num_states and scan_arity_error(  # (no tensors at all: a count error below)
+            core, num_inputs, num_states, num_inputs + num_states + len(static_inputs), "FlexSN", "static"
+        )
+        if arity_error:
+            raise CoreSignatureError(arity_error)
         self._kernels: KernelOwner | None = None
         self.backend = backend
         self.store_state_seqs = store_state_seqs
@@ -204,12 +212,13 @@ class FlexSN(MemoryModule):
         output = super().forward(*args)
         return output[0] if len(output) == 1 else output
 
-    def single_step_forward(self, *args: torch.Tensor) -> list[torch.Tensor]:
+    def single_step_forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # A tuple, as SpikingJelly's single-step FlexSN returns for several outputs.
         results = as_tuple(self.core(*args, *self.states, *self.static_tensors()))
         if args:
             results = cast_returns(results, args[0].dtype)
         self.states = list(results[self.num_outputs :])
-        return list(results[: self.num_outputs])
+        return tuple(results[: self.num_outputs])
 
     def multi_step_forward(self, *args: torch.Tensor) -> list[torch.Tensor]:
         if self.backend == "torch":
@@ -228,7 +237,7 @@ class FlexSN(MemoryModule):
         if self._kernels is None or not kernels_usable(x0.device):
             # A warning, once per process and kind of device: a user must see that no kernels run.
             seen = (self.backend, x0.device.type)
-            if seen not in _fallbacks_logged:
+            if seen not in _fallbacks_logged and not torch.compiler.is_compiling():  # logging: no Dynamo
                 _fallbacks_logged.add(seen)
                 logger.warning(
                     "FlexSN(backend=%r): no Triton kernels for %s tensors (set TRITON_INTERPRET=1 to run "

@@ -19,7 +19,8 @@ import torch
 
 from .. import ops
 from ..contract import as_tuple, cast_returns, check_scan_call
-from ..hop import eager_scan, eager_scan_final_state, empty_outputs, flex_sn_scan
+from ..hop import eager_scan_final_state, empty_outputs, flex_sn_scan
+from ..hop_lowerable import compiled_scan
 from ..settings import interpreter_enabled
 
 if TYPE_CHECKING:
@@ -125,9 +126,10 @@ def torch_forward(m: FlexSN, args: Sequence[torch.Tensor]) -> list[torch.Tensor]
 def hop_forward(m: FlexSN, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     _init_and_check(m, args)
     flat = [*args, *(s.contiguous() for s in m.states), *m.static_tensors()]
-    scan = flex_sn_scan if m.store_state_seqs else eager_scan_final_state
-    if m.store_state_seqs and torch.compiler.is_compiling():
-        scan = eager_scan  # the HOP has no Dynamo rule yet; trace the loop instead
+    if torch.compiler.is_compiling():
+        scan = compiled_scan(m.store_state_seqs)
+    else:
+        scan = flex_sn_scan if m.store_state_seqs else eager_scan_final_state
     results = scan(
         _casting(m.core, args[0].dtype), m.num_inputs, m.num_states, m.num_outputs, *flat,
         output_template_specs=m._output_templates,

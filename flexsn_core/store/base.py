@@ -281,6 +281,24 @@ class ArtifactStore(ABC):
         meta["last_access"] = time.time() if now is None else now
         self._write_meta(key, meta)
 
+    def touch_many(self, keys: Sequence[str], now: float | None = None) -> None:
+        """Set the last access time of several stored manifests (absent ones are skipped).
+
+        The service batches its reads' access times into one call every few
+        seconds; a store may override this with one round trip.
+        """
+        for key in keys:
+            if self._safe_meta(key) is not None:
+                self.touch(key, now)
+
+    def read_manifest_digest(self, key: str) -> str | None:
+        """The stored manifest's digest line (``sha256:<hex>``), to tell a cached copy is current; None if absent.
+
+        Not a check of the manifest: a reader that finds it changed loads it (and checks it) again.
+        """
+        text = self._safe_read_text(key)
+        return None if text is None else text.partition("\n")[0]
+
     def info(self, key: str) -> ManifestInfo | None:
         """What a listing shows of one kernel; None if absent or damaged."""
         return maintenance.info(self, key)

@@ -126,21 +126,37 @@ def delete_kernel(store: ArtifactStore, key: str) -> bool:
 
 
 def gc(store: ArtifactStore, max_bytes: int) -> GcReport:
-    """Evict least recently used kernels (manifest + unshared blobs) until bytes <= max_bytes."""
+    """Evict least recently used kernels (manifest + unshared blobs) until bytes <= max_bytes.
+
+    Every manifest is read once (reference counts of the blobs), so evicting k of
+    n kernels costs n manifest reads, not k * n: the service's size limit runs
+    this after every build once the store is full.
+    """
     report = GcReport(bytes_before=stats(store)["bytes"])
     report.deleted_blobs += delete_orphans(store)
-    total = stats(store)["bytes"]
-    by_age = sorted(
-        ((store._safe_meta(key) or {}).get("last_access", 0.0), key) for key in list(store.iter_manifest_keys())
-    )
+    sizes = {sha: store.blob_size(sha) or 0 for sha in store.iter_blobs()}
+    total = sum(sizes.values())
+    refs: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    for key in list(store.iter_manifest_keys()):
+        manifest = store.get_manifest(key)
+        if manifest is not None:
+            refs[key] = sorted(set(referenced_blobs(manifest)))
+            for sha in refs[key]:
+                counts[sha] = counts.get(sha, 0) + 1
+    by_age = sorted(((store._safe_meta(key) or {}).get("last_access", 0.0), key) for key in refs)
     for _, key in by_age:
         if total <= max_bytes:
             break
         store.delete_manifest(key)
         report.evicted_manifests.append(key)
-        report.deleted_blobs += delete_orphans(store)
-        total = stats(store)["bytes"]
-    report.bytes_after = total
+        for sha in refs[key]:
+            counts[sha] -= 1
+            if counts[sha] == 0:
+                store.delete_blob(sha)
+                report.deleted_blobs += 1
+                total -= sizes.pop(sha, 0)
+    report.bytes_after = stats(store)["bytes"]
     return report
 
 

@@ -16,6 +16,7 @@ from ..config import Settings
 from ..metrics import ServiceMetrics
 from ..schemas import ErrorMessage
 from ..store import Store
+from ..store.reads import ReadCache
 
 __all__ = [
     "ServiceContext", "Ctx", "ReadScope", "BuildScope", "AdminScope", "SpecKey", "BlobSha", "gate", "errors",
@@ -41,6 +42,8 @@ class ServiceContext:
     gpu_target: str | None
     #: runs the source check off the event loop
     checks: SourceCheckPool
+    #: verified blobs and manifests in memory; reads' access times in batches
+    reads: ReadCache
 
 
 def get_ctx(request: Request) -> ServiceContext:

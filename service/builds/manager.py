@@ -16,6 +16,13 @@ target they ask for (else they start their own; binaries of one key are merged
 under a lock when stored); a failed build is remembered for ``failure_ttl_s`` (the same spec and targets fail at once
 instead of being rebuilt). Every wait has a timeout, the build slot is always
 released, and every process a build started is killed when it ends.
+
+Across replicas and uvicorn workers sharing a store (``leases.py``): a build
+runs only while its replica holds the (key, targets) lease, renewed while it
+runs; a replica that finds the lease taken waits for the manifest to appear in
+the store (or a shared failure), and takes the build over if the lease comes
+free without one (its holder died). After each store write the size limit is
+enforced (``store/limit.py``).
 """
 
 from __future__ import annotations
@@ -29,17 +36,19 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from flexsn_core.artifacts import sha256_hex
 from flexsn_core.compile import KernelConfig
 from flexsn_core.errors import ArtifactError
-from flexsn_core.manifest import iter_choices, record_tuning, referenced_blobs, validate_manifest
+from flexsn_core.manifest import iter_choices, record_tuning, referenced_blobs, targets_of, validate_manifest
 from flexsn_core.spec import KernelSpec
 
 from ..metrics import ServiceMetrics
 from ..store import Store
 from .jail import Jail
+from .leases import Leases, lease_name
 from .pool import SparePool
 from .process import Worker, WorkerResult
 from .records import BuildFailure, BuildRecord, RecordBook
@@ -79,6 +88,9 @@ class BuildManager:
         source_check: bool = True,
         failure_ttl_s: float = 600.0,
         max_ir_bytes: int = 16 << 20,
+        leases: Leases | None = None,
+        after_store: Callable[[], object] | None = None,
+        poll_s: float = 0.25,
     ) -> None:
         self.store = store
         self.jail = jail
@@ -92,6 +104,10 @@ class BuildManager:
         self.configs = configs
         self.book = RecordBook(failure_ttl_s=failure_ttl_s, keep_s=max(3600.0, failure_ttl_s))
         self.work_dir = create_work_dir(work_root)
+        self.leases = leases
+        #: called (in a thread) after each build's store write: the size limit
+        self.after_store = after_store
+        self.poll_s = poll_s
         self._slots = asyncio.Semaphore(workers)
         self._tasks: set[asyncio.Task[None]] = set()
         # Two builds of one key (different targets) may finish together: merge their binaries one at a time.
@@ -108,7 +124,6 @@ class BuildManager:
             return record, False
         record = BuildRecord(id=uuid.uuid4().hex, key=spec.key, spec=spec, targets=list(targets))
         self.book.add(record)
-        self.metrics.builds_started.inc()
         task = asyncio.get_running_loop().create_task(self._run(record))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -147,7 +162,17 @@ class BuildManager:
     async def _run(self, record: BuildRecord) -> None:
         out_dir = self.work_dir / "builds" / record.id
         remember = True
+        name = lease_name(record.key, record.targets)
+        lease = self.leases.lease(name) if self.leases is not None else None
+        renewer: asyncio.Task[None] | None = None
         try:
+            if lease is not None:
+                if await self._wait_for_lease(record, lease, name):
+                    record.state = "succeeded"  # another replica built it (or finished just before us)
+                    record.progress = {"stage": "done", "done": 1, "total": 1}
+                    return
+                renewer = asyncio.get_running_loop().create_task(self._renew(record, lease))
+            self.metrics.builds_started.inc()
             async with self._slots:
                 record.state, record.started = "running", time.time()
                 record.progress = {"stage": "starting", "done": 0, "total": 0}
@@ -165,6 +190,7 @@ class BuildManager:
                         record_tuning(manifest, choice)
                 record.progress = {"stage": "storing", "done": 0, "total": 0}
                 await asyncio.to_thread(self._store, manifest, blobs)
+                await asyncio.to_thread(self._enforce_limit)
             record.state = "succeeded"
             record.progress = {"stage": "done", "done": 1, "total": 1}
             self.metrics.builds_succeeded.inc()
@@ -184,10 +210,72 @@ class BuildManager:
             if record.started is not None:
                 self.metrics.build_seconds.observe(time.time() - record.started)
             shutil.rmtree(out_dir, ignore_errors=True)
+            if renewer is not None:
+                renewer.cancel()
+            if lease is not None and self.leases is not None:
+                await asyncio.shield(asyncio.to_thread(self._settle_lease, record, lease, name, remember))
             self.book.finish(record, remember_failure=remember)
             if not self._closing:  # replace the used workers now that the build no longer needs the CPUs
                 self._tracers.refill()
                 self._compilers.refill()
+
+    # ----------------------------------------------------------- the lease (single flight across replicas)
+    def _stored(self, record: BuildRecord) -> bool:
+        manifest = self.store.get_manifest(record.key)
+        return manifest is not None and set(record.targets) <= targets_of(manifest)
+
+    async def _wait_for_lease(self, record: BuildRecord, lease: Any, name: str) -> bool:
+        """Hold the build's lease (False: build it here) or see it stored by another replica (True).
+
+        Raises BuildFailure for a failure another replica remembered. Bounded: a holder
+        renews only while its build runs, and a build has a time limit.
+        """
+        deadline = time.monotonic() + 3 * self.timeout_s + 120
+        waiting = False
+        while True:
+            if await asyncio.to_thread(lease.try_acquire):
+                # the holder may have finished between our miss and now
+                return await asyncio.to_thread(self._stored, record)
+            if not waiting:
+                waiting = True
+                holder = await asyncio.to_thread(lease.holder)
+                record.progress = {"stage": "waiting for another replica", "done": 0, "total": 0}
+                logger.info("build %s of %s: replica %s is building it; waiting", record.id, record.key[:12], holder)
+            if await asyncio.to_thread(self._stored, record):
+                return True
+            failed = await asyncio.to_thread(self.leases.failure, name) if self.leases is not None else None
+            if failed is not None:
+                record.error_op, record.error_line = failed.get("error_op"), failed.get("error_line")
+                record.log.extend(str(line) for line in failed.get("log_tail") or [])
+                raise BuildFailure(str(failed["error"]), str(failed.get("error_type") or "Error"),
+                                   bool(failed.get("user_error")), op=record.error_op, line=record.error_line)
+            if time.monotonic() > deadline:
+                raise BuildFailure("another replica's build of this spec did not finish in time",
+                                   "Timeout", False, remember=False)
+            await asyncio.sleep(self.poll_s)
+
+    async def _renew(self, record: BuildRecord, lease: Any) -> None:
+        assert self.leases is not None
+        while True:
+            await asyncio.sleep(self.leases.lease_s / 3)
+            try:
+                held = await asyncio.to_thread(lease.renew)
+            except Exception as exc:  # noqa: BLE001 - the store may come back; the next renewal retries
+                logger.warning("build %s: renewing its lease failed: %s", record.id, exc)
+                continue
+            if not held:
+                logger.warning("build %s lost its lease (expired): another replica may build it too", record.id)
+                return
+
+    def _settle_lease(self, record: BuildRecord, lease: Any, name: str, remember: bool) -> None:
+        """Publish a remembered failure to every replica, then give the lease up."""
+        try:
+            # only a failure of a build run here (one read from another replica is published already)
+            if record.state == "failed" and remember and record.started is not None and self.leases is not None:
+                self.leases.remember_failure(name, record.to_dict(), self.book.failure_ttl_s)
+            lease.release()
+        except Exception as exc:  # noqa: BLE001 - the lease expires on its own
+            logger.warning("build %s: releasing its lease failed: %s", record.id, exc)
 
     def _fail(self, record: BuildRecord, message: str, error_type: str, user_error: bool) -> None:
         record.state, record.error, record.error_type, record.user_error = "failed", message, error_type, user_error
@@ -324,13 +412,33 @@ class BuildManager:
         return manifest, blobs
 
     def _store(self, manifest: dict[str, Any], blobs: dict[str, bytes]) -> None:
+        for attempt in range(3):
+            try:
+                for sha, data in blobs.items():  # blobs first ...
+                    self.store.put_blob(sha, data)
+                # ... the manifest last, merged with the stored one (other targets, tuned choices) under its lock
+                self.store.merge_manifest(manifest, now=time.time())
+                return
+            except ArtifactError as exc:
+                # Another replica's size-limit eviction may delete our blobs as orphans between
+                # their write and the manifest's: write them again (twice at most).
+                if "not stored" in str(exc) and attempt < 2:
+                    logger.info("storing %s: a blob went missing before its manifest (evicted?); again",
+                                manifest["key"][:12])
+                    continue
+                raise BuildFailure(f"could not store the artifact: {exc}", "StoreError", False,
+                                   remember=False) from exc
+            except OSError as exc:
+                raise BuildFailure(f"could not store the artifact: {exc}", "StoreError", False,
+                                   remember=False) from exc
+
+    def _enforce_limit(self) -> None:
+        if self.after_store is None:
+            return
         try:
-            for sha, data in blobs.items():  # blobs first ...
-                self.store.put_blob(sha, data)
-            # ... the manifest last, merged with the stored one (other targets, tuned choices) under its lock
-            self.store.merge_manifest(manifest, now=time.time())
-        except (ArtifactError, OSError) as exc:
-            raise BuildFailure(f"could not store the artifact: {exc}", "StoreError", False, remember=False) from exc
+            self.after_store()
+        except Exception:  # noqa: BLE001 - eviction failing must not fail the build that was stored
+            logger.exception("size-limit eviction failed")
 
 
 

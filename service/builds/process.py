@@ -166,13 +166,13 @@ class Worker:
         if not wait_ready:
             self._ready.set()
         ready = asyncio.ensure_future(self._ready.wait())
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(job)
-            await asyncio.wait_for(self.proc.stdin.drain(), timeout=_STDIN_TIMEOUT_S)
-            self.proc.stdin.close()
-        except (BrokenPipeError, ConnectionResetError, asyncio.TimeoutError):
-            pass  # it died (or stopped reading): its exit status tells
+        if self.proc.stdin is not None:  # the tuner takes no job: its stdin is /dev/null
+            try:
+                self.proc.stdin.write(job)
+                await asyncio.wait_for(self.proc.stdin.drain(), timeout=_STDIN_TIMEOUT_S)
+                self.proc.stdin.close()
+            except (BrokenPipeError, ConnectionResetError, asyncio.TimeoutError):
+                pass  # it died (or stopped reading): its exit status tells
         try:
             done, _ = await asyncio.wait({exited, ready}, timeout=START_TIMEOUT_S,
                                          return_when=asyncio.FIRST_COMPLETED)

@@ -49,7 +49,8 @@ from __future__ import annotations
 
 import ast
 import symtable
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from .source_allowlist import ALLOWED_BUILTINS, Allowlists, default_allowlists
 from .source_rules import CheckLimits, SourceRejected
@@ -151,16 +152,20 @@ def _check_arity(tree: ast.Module, entry: str, counts: dict[str, int]) -> None:
 
 
 def check_source_text(
-    source: str, entry: str, counts: dict[str, int], allow: Allowlists, limits: CheckLimits = CheckLimits()
+    source: str, entry: str, counts: dict[str, int], allow: Allowlists, limits: CheckLimits = CheckLimits(),
+    declared: Mapping[str, Any] | None = None,
 ) -> None:
     """Raise SourceRejected unless ``source`` is a core the rules above allow.
 
-    ``counts`` holds ``num_inputs``, ``num_states`` and ``num_static``. Never
-    raises anything else for any text (tested with pathological inputs).
+    ``counts`` holds ``num_inputs``, ``num_states`` and ``num_static``.
+    ``declared`` (``KernelSpec.external_names()``) names what the spec defines
+    outside the source, its surrogates: ``None`` for a value, or the member names
+    of a namespace. Never raises anything else for any text (tested with
+    pathological inputs).
     """
     _check_limits(source, limits)
     tree = _parse(source)
-    checker = _Checker(allow, limits)
+    checker = _Checker(allow, limits, declared)
     try:
         checker.scan(tree)
         checker.bind_module(tree)
@@ -176,4 +181,5 @@ def check_source_text(
 def check_source(spec: KernelSpec, *, max_bytes: int = 200_000) -> None:
     """Raise SourceRejected if ``spec.source`` breaks the rules (synchronous; imports torch)."""
     counts = {"num_inputs": spec.num_inputs, "num_states": spec.num_states, "num_static": spec.num_static}
-    check_source_text(spec.source, spec.entry, counts, default_allowlists(), CheckLimits(max_bytes=max_bytes))
+    check_source_text(spec.source, spec.entry, counts, default_allowlists(), CheckLimits(max_bytes=max_bytes),
+                      spec.external_names())

@@ -50,9 +50,11 @@ def _init_worker(allow: Allowlists) -> None:
         pass
 
 
-def _check_in_worker(source: str, entry: str, counts: dict[str, int], limits: CheckLimits) -> None:
+def _check_in_worker(
+    source: str, entry: str, counts: dict[str, int], limits: CheckLimits, declared: dict[str, Any] | None = None
+) -> None:
     assert _WORKER_ALLOW is not None
-    check_source_text(source, entry, counts, _WORKER_ALLOW, limits)
+    check_source_text(source, entry, counts, _WORKER_ALLOW, limits, declared)
 
 
 class SourceCheckPool:
@@ -113,7 +115,7 @@ class SourceCheckPool:
         done.add_done_callback(lambda fut: self._pending.pop(fut, None))
         pool.apply_async(
             _check_in_worker,
-            (spec.source, spec.entry, counts, CheckLimits(max_bytes=max_bytes)),
+            (spec.source, spec.entry, counts, CheckLimits(max_bytes=max_bytes), spec.external_names()),
             callback=lambda result: loop.call_soon_threadsafe(settle, result),
             error_callback=lambda exc: loop.call_soon_threadsafe(settle, None, exc),
         )

@@ -8,8 +8,9 @@ thing a core may not do. The rules are described in ``source_check.py``.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .source_allowlist import MODULES, Allowlists
 from .source_rules import (
@@ -37,11 +38,17 @@ class _Binding:
 class _Checker:
     """One pass over the tree with an explicit stack (no recursion, so no depth can crash it)."""
 
-    def __init__(self, allow: Allowlists, limits: CheckLimits) -> None:
+    def __init__(self, allow: Allowlists, limits: CheckLimits, declared: Mapping[str, Any] | None = None) -> None:
         self.allow = allow
         self.limits = limits
         #: module-level names: what each one is bound to
         self.globals: dict[str, _Binding] = {}
+        #: names the spec defines outside the source (its surrogates): None for a value, else a
+        #: namespace's member names (the surrogate module)
+        self.declared = dict(declared or {})
+        self.declared_members = {
+            f"<{name}>": frozenset(members) for name, members in self.declared.items() if members is not None
+        }
         #: lines each name is read on, and where each scope (def, lambda, comprehension) ends:
         #: to point symtable's findings at the right line
         self.uses: dict[str, list[int]] = {}
@@ -91,6 +98,8 @@ class _Checker:
     # ---------------------------------------------------------- module level
     def bind_module(self, tree: ast.Module) -> None:
         """Bind every module-level name (so a function may use an import written below it)."""
+        for name, members in self.declared.items():
+            self.globals[name] = _Binding("value") if members is None else _Binding("module", f"<{name}>")
         for stmt in tree.body:
             if isinstance(stmt, ast.Import):
                 for alias in stmt.names:
@@ -125,6 +134,9 @@ class _Checker:
                 self._walk(stmt.value, "static")
 
     def _bind(self, name: str, binding: _Binding, node: ast.AST) -> None:
+        if name in self.declared:
+            raise SourceRejected(f"{name!r} is a surrogate the spec declares; the source must not define it",
+                                 _line(node))
         if _is_dunder(name):
             raise SourceRejected(f"the name {name!r} is not allowed in a core", _line(node))
         old = self.globals.get(name)
@@ -337,7 +349,7 @@ class _Checker:
         line = line if node is None else _line(node)
         if name.startswith("_"):
             raise SourceRejected(f"private attribute {dotted!r} is not allowed", line)
-        if name in self.allow.members.get(module, frozenset()):
+        if name in self.allow.members.get(module, frozenset()) or name in self.declared_members.get(module, ()):
             return
         if module == "math":
             raise SourceRejected(f"{dotted!r} is not a math function or constant", line)

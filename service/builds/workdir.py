@@ -2,13 +2,19 @@
 
 It holds the compile step's output folders, HOME/TMPDIR and Triton's cache
 of the (trusted) compile and tuner processes -- never anything of the jail,
-whose scratch is a tmpfs inside it. Several replicas may share a store
-folder, so start-up removes only folders of processes on this host that are
-gone, and each replica removes its own at shutdown.
+whose scratch is a tmpfs inside it. Several replicas may share a store folder
+(or one host may run several replicas in containers whose pids and host names
+repeat), so liveness is a lock, not a pid: each replica holds an ``fcntl``
+lock on ``<its folder>/.owner`` for its whole life (the kernel drops it when the
+process dies, however it dies). Start-up removes only folders whose lock it can
+take -- their owner is gone -- and each replica removes its own at shutdown.
+A folder is created under a hidden name and renamed once locked, so no replica
+ever sees another's folder unlocked.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import secrets
@@ -19,32 +25,51 @@ from pathlib import Path
 __all__ = ["create_work_dir", "remove_work_dir"]
 
 SUBDIRS = ("builds", "home", "tmp", "cache", "triton")
+_NAME = re.compile(r"^[A-Za-z0-9._-]+-(\d+)-[0-9a-f]{8}$")
+_OWNER = ".owner"
+
+#: this process's work folders -> the descriptor holding their lock
+_held: dict[Path, int] = {}
 
 
-def _alive(pid: int) -> bool:
+def _owner_gone(folder: Path) -> bool:
+    """True if ``folder``'s owner lock can be taken (then its process is gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(folder / _OWNER, os.O_RDWR)
+    except FileNotFoundError:
+        return False  # not ours to judge (a folder of an older version, or not a work folder)
+    except OSError:
         return False
-    except PermissionError:
-        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
     return True
 
 
 def create_work_dir(root: Path) -> Path:
-    """A fresh folder for this process below ``root``, after removing those of dead processes here."""
+    """A fresh folder for this process below ``root``, after removing those of replicas that are gone."""
     root.mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname()
-    pattern = re.compile(rf"^{re.escape(host)}-(\d+)-[0-9a-f]{{8}}$")
     for entry in root.iterdir():
-        match = pattern.match(entry.name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+        if _NAME.match(entry.name) and entry not in _held and _owner_gone(entry):
             shutil.rmtree(entry, ignore_errors=True)
-    work = root / f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+    name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    staging = root / f".{name}.creating"
+    staging.mkdir()
+    fd = os.open(staging / _OWNER, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     for sub in SUBDIRS:
-        (work / sub).mkdir(parents=True)
+        (staging / sub).mkdir()
+    work = root / name
+    staging.rename(work)  # visible only once locked
+    _held[work] = fd
     return work
 
 
 def remove_work_dir(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
+    fd = _held.pop(work, None)
+    if fd is not None:
+        os.close(fd)

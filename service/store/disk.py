@@ -83,6 +83,23 @@ class DiskStore(Store):
     def __repr__(self) -> str:
         return f"DiskStore({str(self.directory)!r})"
 
+    #: what makes a folder a store: diskcache's database, which the constructor creates
+    MARKER = Path("db") / "cache.db"
+
+    @classmethod
+    def why_not_a_store(cls, directory: str | Path) -> str | None:
+        """None if ``directory`` holds a store, else why not: ``gc`` and ``verify`` must not make one."""
+        directory = Path(directory).absolute()
+        if not directory.exists():
+            return f"no store at {directory}: the folder does not exist"
+        if not directory.is_dir():
+            return f"{directory} is a file, not a store folder"
+        if (directory / cls.MARKER).is_file():
+            return None
+        if (directory / "manifests").is_dir() or (directory / "blobs").is_dir():
+            return f"{directory} is a client's mirror (manifests/, blobs/), not the service's store"
+        return f"{directory} is not a flexsn-cache store (it has no {cls.MARKER})"
+
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)

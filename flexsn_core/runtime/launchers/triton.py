@@ -27,9 +27,9 @@ __all__ = ["TritonLauncher", "TritonFunction"]
 class TritonFunction:
     """A ``CompiledKernel`` bound to its device; launches pass the constexprs Triton expects."""
 
-    def __init__(self, kernel: Any, block: int, device: int) -> None:
+    def __init__(self, kernel: Any, constexprs: Sequence[Any], device: int) -> None:
         self.kernel = kernel
-        self.block = block
+        self.constexprs = tuple(constexprs)  # the values of the kernel's trailing constexpr parameters
         self.device = device
 
     def launch(self, grid: int, stream: int, args: Sequence[Any]) -> None:
@@ -37,7 +37,7 @@ class TritonFunction:
 
         # Triton's launcher uses the current device's context: make it the tensors' device.
         with torch.cuda.device(self.device):
-            self.kernel[(grid, 1, 1)](*args, self.block, False, stream=stream)
+            self.kernel[(grid, 1, 1)](*args, *self.constexprs, stream=stream)
 
 
 class TritonLauncher(Launcher):
@@ -56,9 +56,17 @@ class TritonLauncher(Launcher):
         (folder / f"{name}.cubin").write_bytes(cubin)
         arg_names = [n for n, _ in params]
         signature = {n: t for n, t in params}
-        block = int(entry["config"]["block"])
-        constants = {(arg_names.index("BLOCK"),): block, (arg_names.index("INTERPRET"),): False}
+        # Every constexpr the kernel declares, in its order (the code generator puts them last). A
+        # fixed (BLOCK, INTERPRET) pair launched kernels that also declare PREFETCH with one argument
+        # short ("function takes exactly 27 arguments (26 given)" on the H200).
+        values = {"BLOCK": int(entry["config"]["block"]), "INTERPRET": False,
+                  "PREFETCH": bool(entry["config"].get("prefetch", False))}
+        names = [n for n, t in params if t == "constexpr"]
+        unknown = [n for n in names if n not in values]
+        if unknown:
+            raise ValueError(f"kernel {entry['launch']['name']} declares constexprs this launcher does not know: {unknown}")
+        constants = {(arg_names.index(n),): values[n] for n in names}
         src = SimpleNamespace(signature=signature, constants=constants, fn=SimpleNamespace(arg_names=arg_names))
         group = {f"{name}.json": str(folder / f"{name}.json"), f"{name}.cubin": str(folder / f"{name}.cubin")}
         kernel = CompiledKernel(src, group, meta.get("hash", ""))
-        return TritonFunction(kernel, block, device)
+        return TritonFunction(kernel, [values[n] for n in names], device)

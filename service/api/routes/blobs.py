@@ -24,14 +24,17 @@ _IMMUTABLE = "public, max-age=31536000, immutable"
     },
 )
 async def get_blob(sha256: BlobSha, request: Request, ctx: Ctx, _auth: ReadScope) -> Response:
-    """Blobs are small (kernel binaries): each read is re-hashed before it is served, and a
-    blob whose bytes no longer match its name is dropped and answers 404."""
+    """Each blob is re-hashed when it is first read from the store and served from memory after
+    that (store/reads.py); a blob whose bytes no longer match its name is dropped and answers 404."""
     etag = f'"{sha256}"'
     headers = {"ETag": etag, "Cache-Control": _IMMUTABLE}
-    if request.headers.get("if-none-match") in (etag, "*"):
-        if await asyncio.to_thread(ctx.store.has_blob, sha256):
+    data = ctx.reads.cached_blob(sha256)
+    match = request.headers.get("if-none-match")
+    if match is not None and (match.strip() == "*" or etag in (t.strip() for t in match.split(","))):
+        if data is not None or await asyncio.to_thread(ctx.store.has_blob, sha256):
             return Response(status_code=304, headers=headers)
-    data = await asyncio.to_thread(ctx.store.read_blob, sha256)
+    if data is None:
+        data = await asyncio.to_thread(ctx.reads.blob, sha256)
     if data is None:
         raise HTTPException(404, f"no blob {sha256}")
     return Response(data, media_type="application/octet-stream", headers=headers)

@@ -8,7 +8,7 @@ import tarfile
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from flexsn_core.compile import canonical_target
@@ -107,10 +107,11 @@ async def request_kernels(
 ) -> Any:
     targets = _targets(body.targets, ctx)
     spec = await _spec(body, ctx)
-    manifest = await asyncio.to_thread(ctx.store.get_intact_manifest, spec.key, touch=True)
-    if manifest is not None and _has_targets(manifest, targets):
+    cached = ctx.reads.cached_manifest(spec.key) or await asyncio.to_thread(ctx.reads.manifest, spec.key)
+    manifest = cached.manifest if cached is not None else None
+    if cached is not None and _has_targets(cached.manifest, targets):
         ctx.metrics.hits.inc()
-        return JSONResponse(manifest)
+        return Response(cached.body, media_type="application/json", headers={"ETag": cached.etag})
     ctx.metrics.misses.inc()
     have = targets_of(manifest) if manifest else set()
     record, _ = ctx.builds.request(spec, [t for t in targets if t not in have])
@@ -145,12 +146,23 @@ async def list_kernels(
 # response_model documents the manifest's schema; the stored manifest (validated when it was read)
 # is sent as it is, without a second pass through pydantic on every read.
 @router.get("/{key}", summary="The manifest of a stored kernel", response_model=Manifest,
-            responses={200: _MANIFEST, **errors(*AUTH_ERRORS, 404, 422, 503)})
-async def get_kernel(key: SpecKey, ctx: Ctx, _auth: ReadScope) -> Any:
-    manifest = await asyncio.to_thread(ctx.store.get_intact_manifest, key, touch=True)
-    if manifest is None:
+            responses={200: _MANIFEST, 304: {"description": "ETag matched (the manifest is unchanged)"},
+                       **errors(*AUTH_ERRORS, 404, 422, 503)})
+async def get_kernel(key: SpecKey, request: Request, ctx: Ctx, _auth: ReadScope) -> Any:
+    """Served from memory once verified (store/reads.py). The ETag is the manifest's sha256: it
+    changes only when tuned choices are recorded, so ``If-None-Match`` answers 304 until then."""
+    cached = ctx.reads.cached_manifest(key) or await asyncio.to_thread(ctx.reads.manifest, key)
+    if cached is None:
         raise HTTPException(404, f"no kernel with key {key}; POST its spec to /v1/kernels to build it")
-    return JSONResponse(manifest)
+    headers = {"ETag": cached.etag, "Cache-Control": "no-cache"}  # may be tuned: revalidate, cheaply
+    if _etag_matches(request, cached.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(cached.body, media_type="application/json", headers=headers)
+
+
+def _etag_matches(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    return header is not None and (header.strip() == "*" or etag in (t.strip() for t in header.split(",")))
 
 
 @router.get(
@@ -172,9 +184,10 @@ async def get_bundle(
     or damaged the kernel is dropped and this answers 404 (POST the spec to rebuild).
     """
     targets = _targets(target, ctx) if target else None
-    manifest = await asyncio.to_thread(ctx.store.get_manifest, key, touch=True)
+    manifest = await asyncio.to_thread(ctx.store.get_manifest, key)
     if manifest is None:
         raise HTTPException(404, f"no kernel with key {key}")
+    ctx.reads.note_read(key)
     shas = {manifest["source"]["sha256"]} | {
         b["sha256"] for b in manifest["binaries"] if targets is None or b["target"] in targets
     }
@@ -203,6 +216,7 @@ def _tar(ctx: Ctx, key: str, shas: list[str]) -> bytes | None:
 @router.delete("/{key}", status_code=204, responses=errors(*AUTH_ERRORS, 404, 422, 503),
                summary="Delete a kernel and its unshared blobs (admin)")
 async def delete_kernel(key: SpecKey, ctx: Ctx, _auth: AdminScope) -> Response:
+    ctx.reads.forget(key, blobs=True)
     if not await asyncio.to_thread(ctx.store.delete_kernel, key):
         raise HTTPException(404, f"no kernel with key {key}")
     return Response(status_code=204)
@@ -220,6 +234,7 @@ async def report_tuning(key: SpecKey, body: TuningReport, ctx: Ctx, _auth: Build
         result = await asyncio.to_thread(ctx.store.record_tuning, key, choices, now=time.time())
     except TuningError as exc:
         raise HTTPException(422, f"tuning report refused: {exc}") from None
+    ctx.reads.forget(key)  # its digest changed: this replica serves the new one at once (others within the TTL)
     if result is None:
         raise HTTPException(404, f"no kernel with key {key}")
     accepted, manifest = result

@@ -1,0 +1,163 @@
+"""Read throughput (issue #12): manifest and blob GETs, the service vs nginx serving the same bytes.
+
+    python bench/read_bench.py [--http-workers 2] [--store disk|redis] [--seconds 10]
+
+Installs Debian's ``nginx`` and ``wrk`` if they are missing (bench-only: the tests
+and the service need neither). Builds one kernel (the default configs, so the
+manifest is of realistic size), writes its manifest JSON and its largest blob
+into a folder nginx serves, then runs wrk against both at 16 and 64 connections
+(loopback, bounded in time). Target on a 2-core machine: the service at >= 25%
+of nginx's requests/s, p99 < 20 ms at 16 connections. Writes JSON lines to
+bench/results/ with the load average at the time (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from live_server import free_port, live_server  # noqa: E402
+
+
+def ensure_tools() -> None:
+    missing = [pkg for cmd, pkg in (("nginx", "nginx"), ("wrk", "wrk")) if shutil.which(cmd) is None]
+    if missing:
+        print(f"installing {' '.join(missing)} (bench-only)", flush=True)
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
+        subprocess.run([*sudo, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-qq",
+                        "--no-install-recommends", *missing], check=True)
+
+
+def start_nginx(folder: Path, port: int) -> subprocess.Popen:
+    conf = folder / "nginx.conf"
+    conf.write_text(f"""
+worker_processes auto;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log warn;
+daemon off;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    etag on;
+    client_body_temp_path {folder}/tmp;
+    proxy_temp_path {folder}/tmp;
+    fastcgi_temp_path {folder}/tmp;
+    uwsgi_temp_path {folder}/tmp;
+    scgi_temp_path {folder}/tmp;
+    types {{ application/json json; application/octet-stream bin; }}
+    server {{
+        listen 127.0.0.1:{port};
+        root {folder}/www;
+    }}
+}}
+""")
+    (folder / "tmp").mkdir(exist_ok=True)
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(folder)])
+    time.sleep(0.5)
+    return proc
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, connections: int, seconds: int) -> dict:
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"rps": rps, "p99_ms": float(p99.group(1)) * _UNITS[p99.group(2)],
+            "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--http-workers", type=int, default=2)
+    parser.add_argument("--store", choices=("disk", "redis"), default="disk")
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    ensure_tools()
+    import neurons
+
+    from flexsn_core import KernelSpec
+
+    with tempfile.TemporaryDirectory(prefix="flexsn-read-bench-") as tmp:
+        tmp_path = Path(tmp)
+        settings = {"http_workers": str(args.http_workers), "configs": ""}
+        redis_ctx = None
+        if args.store == "redis":
+            from redis_server import start_redis
+
+            redis_ctx = start_redis()
+            settings["store"] = redis_ctx.__enter__()
+        env = {"FLEXSN_SERVICE_CONFIGS": ""}  # flexsn_core's default configs: a manifest of realistic size
+        with live_server(tmp_path / "service", extra_env=env, **settings) as server:
+            model = neurons.MODELS["lif_hard"]
+            spec = KernelSpec.from_core(model.core, model.num_inputs, model.num_states, model.num_outputs)
+            with server.client(timeout=900) as http:
+                built = http.post("/v1/kernels", params={"wait": "true"}, json=spec.to_dict())
+                built.raise_for_status()
+                manifest = http.get(f"/v1/kernels/{spec.key}").content
+                blob = max(built.json()["binaries"], key=lambda b: b["size"])["sha256"]
+                blob_bytes = http.get(f"/v1/blobs/{blob}").content
+            www = tmp_path / "nginx" / "www"
+            www.mkdir(parents=True)
+            (www / "manifest.json").write_bytes(manifest)
+            (www / "blob.bin").write_bytes(blob_bytes)
+            port = free_port()
+            nginx = start_nginx(tmp_path / "nginx", port)
+            try:
+                urls = {
+                    "manifest": (f"{server.url}/v1/kernels/{spec.key}", f"http://127.0.0.1:{port}/manifest.json"),
+                    "blob": (f"{server.url}/v1/blobs/{blob}", f"http://127.0.0.1:{port}/blob.bin"),
+                }
+                rows = []
+                for what, (service_url, nginx_url) in urls.items():
+                    for connections in (16, 64):
+                        wrk(service_url, connections, 2)  # warm-up (the caches fill)
+                        load = os.getloadavg()[0]
+                        svc = wrk(service_url, connections, args.seconds)
+                        ngx = wrk(nginx_url, connections, args.seconds)
+                        row = {
+                            "bench": "read_bench", "what": what, "connections": connections,
+                            "bytes": len(manifest if what == "manifest" else blob_bytes),
+                            "service_rps": svc["rps"], "service_p99_ms": svc["p99_ms"],
+                            "service_non_2xx": svc["non_2xx"],
+                            "nginx_rps": ngx["rps"], "nginx_p99_ms": ngx["p99_ms"],
+                            "ratio": round(svc["rps"] / ngx["rps"], 3),
+                            "http_workers": args.http_workers, "store": args.store,
+                            "loadavg_1m_before": round(load, 2), "cpus": os.cpu_count(),
+                            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                        }
+                        rows.append(row)
+                        print(f"{what:8} c={connections:<3} service {svc['rps']:9.0f} req/s p99 {svc['p99_ms']:7.2f} ms"
+                              f" | nginx {ngx['rps']:9.0f} req/s p99 {ngx['p99_ms']:7.2f} ms | ratio {row['ratio']:.2f}"
+                              f" | load {load:.1f}", flush=True)
+            finally:
+                nginx.terminate()
+                nginx.wait(timeout=10)
+        if redis_ctx is not None:
+            redis_ctx.__exit__(None, None, None)
+    out = ROOT / "bench" / "results" / f"{datetime.date.today()}-read_bench-{os.cpu_count()}cpu.jsonl"
+    with out.open("a") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

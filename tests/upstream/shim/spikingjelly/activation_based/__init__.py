@@ -1,0 +1,1 @@
+"""spikingjelly.activation_based, mapped to flexsn_core (see tests/upstream/README.md)."""
