@@ -310,12 +310,15 @@ def section_train(ctx: Ctx, variants: Variants) -> None:
                         recompute = mode == "recompute"
 
                         def step(ks=ks, recompute=recompute) -> None:  # noqa: ANN001
-                            outs, _, _, extras = run_forward(ks, [x], [None], store_state_seqs=False,
-                                                             recompute=recompute)
-                            kept_x = [x] if (recompute or ks.plan.inputs) else [None]
-                            run_backward(ks, kept_x, [None], [], [o if ks.plan.outputs else None for o in outs],
-                                         None, extras, [g], [None], [None], recompute=recompute,
-                                         shape=x.shape, device=x.device)
+                            # What the training op keeps for its backward in this mode (ops._setup_training);
+                            # run_backward refuses a call missing a buffer the plan reads.
+                            outs, sseqs, _, extras = run_forward(ks, [x], [None], store_state_seqs=False,
+                                                                 recompute=recompute)
+                            plan = ks.plan
+                            kept_x = [x] if 0 in (plan.recompute_inputs if recompute else plan.inputs) else [None]
+                            kept_outs = [o if not recompute and i in plan.outputs else None for i, o in enumerate(outs)]
+                            run_backward(ks, kept_x, [None], [], kept_outs, None if recompute else sseqs, extras,
+                                         [g], [None], [None], recompute=recompute, shape=x.shape, device=x.device)
 
                         runs = [ctx.time_ms(step, iters=15) for _ in range(3)]
                         rec.update(ms=round(statistics.median(runs), 4), runs=[round(r, 4) for r in runs],

@@ -90,3 +90,35 @@ def test_auto_mode_recomputes_when_that_keeps_fewer_bytes(monkeypatch) -> None:
     monkeypatch.setenv("FLEXSN_BACKWARD", "sometimes")
     with pytest.raises(ValueError, match="FLEXSN_BACKWARD"):
         ops.choose_recompute(h_lif)
+
+
+def test_backward_refuses_a_call_without_a_buffer_the_plan_reads() -> None:
+    """bench/gpu_sweep.py's bf16 'fp32x' variant (every extra kept exact) reads LIF's input and
+    state sequence; the sweep passed no state sequence and the backward read T * N elements past
+    the dummy pointer (an illegal address on the H200). run_backward now refuses such a call;
+    given what the plan reads, the gradient is autograd's."""
+    from reference import run_reference
+
+    from flexsn_core import KernelSpec
+    from flexsn_core.artifacts import build_artifacts
+    from flexsn_core.codegen.kernels import generate_kernels
+    from flexsn_core.runtime import KernelSet, run_backward, run_forward
+    from flexsn_core.trace import trace_core
+
+    model = MODELS["lif_hard"]
+    spec = KernelSpec.from_core(model.core, 1, 1, 1, dtype=torch.bfloat16)
+    gen = generate_kernels(trace_core(spec), round_extras=False)
+    ks = KernelSet(build_artifacts(spec, targets=(), generated=gen).manifest, generated=gen)
+    assert ks.plan.state_seqs == (0,) and ks.plan.inputs == (0,)
+    xs, _, _ = model.make_inputs(T, (N,), torch.bfloat16, seed=2)
+    g = torch.randn(T, N).to(torch.bfloat16)
+    outs, sseqs, _, extras = run_forward(ks, xs, [None], store_state_seqs=False)
+    with pytest.raises(ValueError, match="state sequence 0"):
+        run_backward(ks, xs, [None], [], [None], None, extras, [g], [None], [None])
+    with pytest.raises(ValueError, match="input 0"):
+        run_backward(ks, [None], [None], [], [None], sseqs, extras, [g], [None], [None], shape=(T, N),
+                     device=torch.device("cpu"))
+    (grad,), _, _ = run_backward(ks, xs, [None], [], [None], sseqs, extras, [g], [None], [None])
+    ref = run_reference(model.core, 1, xs, [torch.zeros(N).to(torch.bfloat16)], [], grads=([g], [None], [None]))
+    (expected,) = ref["grad_inputs"]
+    assert (grad.float() - expected.float()).abs().max().item() <= 0.05 * max(1.0, expected.abs().max().item())

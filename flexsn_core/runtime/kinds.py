@@ -168,6 +168,35 @@ def run_forward(
     return outs, sseqs, finals, extras
 
 
+def _check_kept(
+    ks: KernelSet,
+    inputs: Sequence[torch.Tensor | None],
+    outs: Sequence[torch.Tensor | None] | None,
+    sseqs: Sequence[torch.Tensor | None] | None,
+    extras: Sequence[torch.Tensor],
+    recompute: bool,
+) -> None:
+    """Every buffer the backward kernel will read is given.
+
+    A missing one would be passed as the dummy pointer and read ``T * N``
+    elements past it: an illegal address on a GPU, garbage in the interpreter.
+    """
+    plan = ks.plan
+
+    def given(seq: Sequence[torch.Tensor | None] | None, i: int) -> bool:
+        return seq is not None and i < len(seq) and seq[i] is not None
+
+    wanted = [("input", list(inputs), plan.recompute_inputs if recompute else plan.inputs)]
+    if not recompute:
+        wanted += [("output", outs, plan.outputs), ("state sequence", sseqs, plan.state_seqs)]
+    missing = [f"{what} {i}" for what, seq, indices in wanted for i in indices if not given(seq, i)]
+    if not recompute and len(extras) < len(plan.extras):
+        missing.append(f"{len(plan.extras) - len(extras)} saved extra buffer(s)")
+    if missing:
+        mode = "recompute" if recompute else "stored"
+        raise ValueError(f"run_backward ({mode} mode): the save plan reads {', '.join(missing)}, which were not given")
+
+
 def run_backward(
     ks: KernelSet,
     inputs: Sequence[torch.Tensor | None],
@@ -195,6 +224,7 @@ def run_backward(
     (``[T, *per-step shape]``) and ``device`` are needed when no input is given.
     """
     spec = ks.spec
+    _check_kept(ks, inputs, outs, sseqs, extras, recompute)
     present = [t for t in (*inputs, *(outs or ()), *(sseqs or ()), *extras, *grad_outs, *grad_sseqs, *grad_finals)
                if t is not None]
     x0 = next((x for x in inputs if x is not None), None)
