@@ -1,6 +1,6 @@
 """The code generator's version: part of every spec key (see ``flexsn_core/_codegen_sources.py``)."""
 
-CODEGEN_VERSION = "8"
+CODEGEN_VERSION = "9"
 
 #: CODEGEN_VERSION -> sha256 of the codegen sources it stands for (``_codegen_sources.sources_sha256``).
 #: Newest last; never edit an old line: ``python -m flexsn_core._codegen_sources --bump`` appends one.
@@ -8,4 +8,5 @@ CODEGEN_SOURCES_SHA256 = {
     "6": "34598a81def5682fde3033cb2ef2acc994b37f22d98d301d80394e8ea4663294",
     "7": "42985285c6d91fec15cfc390274aa470c0381d2c0537c083c233f4100bea46fa",
     "8": "96e0dc1922324e6f15eca4ad4f203227a4312a95b37cf88630a88fe196201f1f",
+    "9": "b44f642ba09dfac00c019770787bcdb08eb1376d71e3e870e542c7cf44266e61",
 }

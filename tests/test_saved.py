@@ -41,6 +41,9 @@ def _plan(m: FlexSN) -> PlanView:
 @pytest.mark.parametrize("name", ["lif_hard", "alif"])
 def test_autograd_keeps_exactly_the_plan(name: str, dtype: torch.dtype, mode: str, monkeypatch) -> None:
     monkeypatch.setenv("FLEXSN_BACKWARD", mode)
+    # Fixed data: with bf16 states a spike near the threshold may flip against the fp32 reference, and
+    # whichever data a worker's RNG state happened to give made this fail now and then under xdist.
+    torch.manual_seed(0)
     model = MODELS[name]
     m = FlexSN(model.core, model.num_inputs, model.num_states, model.num_outputs, backend="triton",
                example_inputs=(torch.zeros(SHAPE, dtype=dtype),) * (1 + model.num_states))
