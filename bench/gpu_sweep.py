@@ -357,10 +357,10 @@ def _impls(ctx: Ctx, name: str, dtype: torch.dtype) -> dict[str, Callable[[], Ca
         return torch.compile(_loop(m.core, m.num_states), backend="aot_eager" if ctx.smoke else "inductor")
 
     def sj_flexsn() -> Callable[[torch.Tensor], Any]:
-        from gpu_perf import make_peer_flexsn
         from spikingjelly.activation_based import neuron
+        from train_bench import make_sj_flexsn  # knows multi-state neurons (ALIF)
 
-        return make_peer_flexsn(neuron, m.core, example).to(ctx.device)
+        return make_sj_flexsn(neuron, m.core, m.num_states, example[0]).to(ctx.device)
 
     def sj_lifnode() -> Callable[[torch.Tensor], Any]:
         return _lifnode().to(ctx.device)

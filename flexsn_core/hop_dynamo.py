@@ -25,11 +25,10 @@ already is.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import logging
-import sys
 from typing import Any
+
+from .import_hooks import after_import
 
 __all__ = ["install", "ensure_registered", "registered"]
 
@@ -62,30 +61,7 @@ def install(op: Any, constants: tuple[Any, ...] = ()) -> None:
     """
     _STATE["op"] = op
     _STATE["constants"] = tuple(constants)
-    if "torch._dynamo" in sys.modules:
-        _register()
-    elif not any(isinstance(finder, _DynamoImportHook) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _DynamoImportHook())
-
-
-class _DynamoImportHook(importlib.abc.MetaPathFinder):
-    """Runs :func:`_register` right after ``torch._dynamo`` is imported (once, then leaves)."""
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != "torch._dynamo":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)  # the normal finders, without this hook
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_then_register(module: Any) -> None:
-            exec_module(module)
-            _register()
-
-        spec.loader.exec_module = exec_then_register  # type: ignore[method-assign]  # this module's loader only
-        return spec
+    after_import("torch._dynamo", _register)
 
 
 def _register() -> None:

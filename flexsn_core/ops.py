@@ -50,6 +50,7 @@ from .handles import (
     retain_active,
     retain_owner,
 )
+from .import_hooks import after_import
 from .runtime import StaticArg, run_backward, run_forward, run_inference, run_inference_final
 from .settings import backward_mode
 
@@ -409,3 +410,15 @@ def _backward_training(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, ...]:
 
 
 torch.library.register_autograd("flexsn::training", _backward_training, setup_context=_setup_training, lib=_lib)
+
+
+def _install_remat() -> None:
+    from . import remat
+
+    remat.install()
+
+
+# Installed when Inductor's config module is first imported (after its body has
+# run, so our setting is not overwritten): importing it ourselves would pull in
+# Dynamo (about a second) in jobs that never compile.
+after_import("torch._inductor.config", _install_remat)

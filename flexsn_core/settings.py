@@ -7,6 +7,7 @@
 | ``FLEXSN_LAUNCHER`` | :func:`launcher_name` | ``driver`` (ctypes CUDA driver) or ``triton`` (Triton's launcher) | ``driver`` |
 | ``FLEXSN_AUTOTUNE`` | :func:`autotune_enabled` | ``0`` turns GPU autotuning off (default configs) | on |
 | ``FLEXSN_BACKWARD`` | :func:`backward_mode` | training backward: ``auto``, ``stored`` (read the save plan's buffers) or ``recompute`` (keep only inputs, rebuild the rest) | ``auto`` |
+| ``FLEXSN_COMPILE_REMAT`` | :func:`compile_remat_enabled` | ``0``: under ``torch.compile``, let Inductor save a FlexSN layer's input instead of recomputing it in the backward (:mod:`flexsn_core.remat`) | on |
 | ``FLEXSN_HOP_LOWERING`` | :func:`hop_lowering` | the HOP path's time loop inside ``torch.compile`` without grad: ``unroll``, ``while_loop`` or ``scan`` | ``unroll`` |
 
 The functions read the environment when called (tests change it with
@@ -25,6 +26,7 @@ from pathlib import Path
 
 __all__ = [
     "cache_dir", "interpreter_enabled", "launcher_name", "autotune_enabled", "backward_mode", "hop_lowering",
+    "compile_remat_enabled",
     "LAUNCHERS", "BACKWARD_MODES", "HOP_LOWERINGS",
 ]
 
@@ -57,6 +59,11 @@ def interpreter_enabled() -> bool:
 def autotune_enabled() -> bool:
     """GPU autotuning of untuned size buckets (``FLEXSN_AUTOTUNE=0`` turns it off)."""
     return os.environ.get("FLEXSN_AUTOTUNE", "1") not in _OFF
+
+
+def compile_remat_enabled() -> bool:
+    """Whether the Inductor pass of :mod:`flexsn_core.remat` marks FlexSN inputs for recomputation."""
+    return os.environ.get("FLEXSN_COMPILE_REMAT", "1") not in _OFF
 
 
 def launcher_name() -> str:
