@@ -30,6 +30,7 @@ import torch
 import torch.fx as fx
 
 from ..errors import UnsupportedOpError
+from . import straight_through
 
 if TYPE_CHECKING:
     from ..trace import GraphLike
@@ -355,6 +356,10 @@ def _alpha(node: fx.Node) -> Any:
 @lowers(aten.add.Tensor, aten.add.Scalar)
 def _add(e: Emitter, node: fx.Node) -> Val:
     c = _compute_type(node)
+    spike = straight_through.match(node)
+    if spike is not None:  # sg + (h - sg) == h, bit for bit (straight_through.py says why)
+        y, h = (_paren(e.as_(e.val(n), c)) for n in spike)
+        return e.assign(node, f"tl.where({y} != {y}, {y}, {h})")
     a, b = _operands(e, node, c, 0, 1)
     alpha = _alpha(node)
     if alpha != 1:
