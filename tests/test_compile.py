@@ -56,3 +56,27 @@ def test_inductor_fullgraph_on_gpu() -> None:
 def test_inductor_fullgraph_on_cpu() -> None:
     """Inductor compiles the layers around the opaque FlexSN ops (C++ codegen on CPU)."""
     _check("inductor")
+
+
+def _graph_targets(fn, *args) -> list[str]:  # noqa: ANN001
+    from torch._dynamo import explain
+
+    torch._dynamo.reset()
+    explanation = explain(fn)(*args)
+    assert explanation.graph_break_count == 0
+    return [str(node.target) for graph in explanation.graphs for node in graph.graph.nodes]
+
+
+def test_compiled_graphs_use_the_final_state_ops_and_no_zero_state_tensor() -> None:
+    """What SpikingJelly checks of its own ops on CUDA (tests/upstream: those cases name its
+    op namespace): no-grad inference without state sequences is one inference_final call
+    from implicit zero states; training is one training call."""
+    neuron = FlexSN(neurons.lif_hard, 1, 1, 1, example_inputs=(torch.zeros(8),) * 2).eval()
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        targets = _graph_targets(neuron, x)
+    assert targets.count("flexsn.inference_final") == 1, targets
+    assert not any("zeros" in t or "full" in t for t in targets), targets  # zero states elided
+    neuron.reset()
+    targets = _graph_targets(lambda inp: neuron(inp).sum(), x.clone().requires_grad_())
+    assert targets.count("flexsn.training") == 1, targets

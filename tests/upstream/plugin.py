@@ -60,6 +60,16 @@ NOT_APPLICABLE: dict[str, str] = {
     "test_flexsn_kernel_registry_reference_counts_and_finalizer": _CUSTOM_OPS,
     "test_dynamo_body_result_templates_use_speculated_outputs": "a private helper of SpikingJelly's hop module",
     "test_inference_final_state_template_handles_zero_states": "SpikingJelly's triton_kernel.flexsn.template",
+    # CUDA-only cases (seen failing on an H200 for these reasons only):
+    "test_inductor_compile_graph_elides_explicit_zero_state_init": (
+        "SpikingJelly's op names (sj.flexsn_inductor_*); ours are flexsn::* "
+        "(tests/test_compile.py::test_compiled_graphs_use_the_final_state_ops_and_no_zero_state_tensor)"
+    ),
+    "test_inductor_compile_training_graph_uses_final_state_custom_op": (
+        "SpikingJelly's op names (sj.flexsn_inductor_*); ours are flexsn::* "
+        "(tests/test_compile.py::test_compiled_graphs_use_the_final_state_ops_and_no_zero_state_tensor)"
+    ),
+    "test_compile_spiking_vgg_hop_lowerable_while_loop_matches_eager": "SpikingJelly's model zoo (model.spiking_vgg)",
 }
 
 #: public behaviour where flexsn_core differs on purpose (README: "SpikingJelly parity") -> why
