@@ -74,7 +74,8 @@ def serve(
     workers: Annotated[Optional[int], typer.Option(help="builds running at once")] = None,
     http_workers: Annotated[Optional[int], typer.Option(
         "--http-workers",
-        help="uvicorn worker processes (default: one per core, at most 4; FLEXSN_SERVICE_HTTP_WORKERS)")] = None,
+        help="uvicorn worker processes (default 1: build status and counters are per worker; "
+             "FLEXSN_SERVICE_HTTP_WORKERS)")] = None,
 ) -> None:
     """Run the cache service (works on a fresh machine: embedded store in a local folder)."""
     require_extra("serve")
@@ -96,9 +97,9 @@ def serve(
             "serving 127.0.0.1 only[/yellow]"
         )
         bind = "127.0.0.1"
-    from .serving import default_http_workers, http_protocol, loop_name
+    from .serving import http_protocol, loop_name
 
-    http_workers = settings.http_workers or default_http_workers()
+    http_workers = settings.http_workers
     console.print(f"flexsn-cache serving on http://{bind}:{settings.port} (store {settings.store}, "
                   f"{http_workers} HTTP worker(s), docs at /docs)")
     # No access log from uvicorn (ours is JSON, with request ids); TCP_NODELAY on every connection

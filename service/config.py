@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     ``FLEXSN_SERVICE_MAX_IR_BYTES`` the most a jail may print (its IR)
     ``FLEXSN_SERVICE_MAX_BYTES``    the store's size limit (``500M``, ``20G``; unset: none): LRU kernels are evicted
     ``FLEXSN_SERVICE_HTTP_WORKERS`` uvicorn worker processes (each with its own builds; one build per spec still);
-                                    default one per core, at most 4
+                                    default 1 (build status and counters are per worker)
     ``FLEXSN_SERVICE_BUILD_LEASE_S``: how long a dead replica's build blocks the others before one takes it over
     ``FLEXSN_SERVICE_READ_CACHE_MB``: verified blobs and manifests kept in memory (per worker)
     ``FLEXSN_SERVICE_MANIFEST_TTL_S``: how long a manifest is served from memory before its digest is checked
@@ -100,8 +100,10 @@ class Settings(BaseSettings):
     max_ir_bytes: int = Field(default=16 << 20, ge=1 << 16)
     #: The store's size limit in bytes (``500M``, ``20G`` accepted); None: no limit.
     max_bytes: int | None = None
-    #: uvicorn worker processes; None: one per core, at most 4 (serving.default_http_workers)
-    http_workers: int | None = Field(default=None, ge=1, le=64)
+    #: uvicorn worker processes. 1 by default: build records (GET /v1/builds/{id}), /v1/stats and
+    #: /metrics live in each worker's memory, so with several a poll may reach a worker that never saw
+    #: the build (README "How reads are served" has the figures and the trade-off).
+    http_workers: int = Field(default=1, ge=1, le=64)
     build_lease_s: float = Field(default=15.0, ge=1.0)
     read_cache_mb: int = Field(default=256, ge=0)
     manifest_ttl_s: float = Field(default=1.0, ge=0)

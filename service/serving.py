@@ -1,4 +1,4 @@
-"""How ``flexsn-cache serve`` runs uvicorn: the HTTP protocol, the event loop, the worker count.
+"""How ``flexsn-cache serve`` runs uvicorn: the HTTP protocol and the event loop.
 
 * **TCP_NODELAY on every connection.** asyncio sets it only on sockets whose
   ``proto`` is ``IPPROTO_TCP``; with ``--http-workers`` > 1 uvicorn binds the
@@ -15,13 +15,12 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import socket
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["NoDelayH11", "http_protocol", "loop_name", "default_http_workers"]
+__all__ = ["NoDelayH11", "http_protocol", "loop_name"]
 
 
 def _no_delay(transport: Any) -> None:
@@ -58,8 +57,3 @@ def http_protocol() -> str:
 
 def loop_name() -> str:
     return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
-
-
-def default_http_workers() -> int:
-    """One uvicorn worker per core, at most 4 (each worker has its own builds, source checks and read cache)."""
-    return max(1, min(4, os.cpu_count() or 1))
