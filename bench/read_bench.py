@@ -10,7 +10,10 @@ into a folder nginx serves, then runs wrk against both at 16 and 64 connections
 machine: the service at >= 25% of nginx's requests/s, p99 < 20 ms at 16
 connections. wrk, nginx and the service share the machine's cores. Writes JSON
 lines to bench/results/ with the load average before and after each run (the
-machine may be shared) and how many answers the read fast path gave.
+machine may be shared) and how many answers the read fast path gave. With
+``--ceiling`` it also measures a trivial ASGI app that returns the same bytes
+under the same uvicorn (httptools, uvloop, one worker): the most any Python app
+served this way reaches here.
 """
 
 from __future__ import annotations
@@ -94,6 +97,40 @@ def wrk(url: str, connections: int, seconds: int) -> dict:
             "non_2xx": int(errors.group(1)) if errors else 0, "requests": int(requests.group(1))}
 
 
+#: The ceiling of any Python app behind uvicorn here: an ASGI app that answers every request with
+#: constant bytes (no routing, auth or lookup), served as `flexsn-cache serve` serves (serving.py).
+RAW_APP = """
+import os
+BODY = open(os.environ["RAW_BODY"], "rb").read()
+HEADERS = [(b"content-length", str(len(BODY)).encode()), (b"content-type", b"application/octet-stream")]
+
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        await send({"type": "http.response.body", "body": BODY})
+"""
+
+
+def start_raw_asgi(folder: Path, body: Path, port: int) -> subprocess.Popen:
+    (folder / "raw_asgi.py").write_text(RAW_APP)
+    code = ("import sys, uvicorn; sys.path.insert(0, sys.argv[1]); "
+            "from flexsn_service.serving import http_protocol, loop_name; "
+            "uvicorn.run('raw_asgi:app', port=int(sys.argv[2]), http=http_protocol(), loop=loop_name(), "
+            "log_config=None, access_log=False, lifespan='off')")
+    env = {**os.environ, "RAW_BODY": str(body), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder), str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            return proc
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the raw ASGI app did not start")
+
+
 def fast_reads(url: str) -> int:
     """Answers of the read fast path so far (from /metrics): shows the figures are the fast path's."""
     text = httpx.get(f"{url}/metrics", timeout=30).text
@@ -131,6 +168,7 @@ def run_one(args: argparse.Namespace, workers: int, tmp_path: Path) -> list[dict
             (www / "blob.bin").write_bytes(blob_bytes)
             port = free_port()
             nginx = start_nginx(tmp_path / f"nginx-{workers}", port)
+            raw = None
             try:
                 urls = {
                     "manifest": (f"{server.url}/v1/kernels/{spec.key}", f"http://127.0.0.1:{port}/manifest.json"),
@@ -145,6 +183,17 @@ def run_one(args: argparse.Namespace, workers: int, tmp_path: Path) -> list[dict
                         svc = wrk(service_url, connections, args.seconds)
                         fast = fast_reads(server.url) - fast_before if fast_before is not None else None
                         ngx = wrk(nginx_url, connections, args.seconds)
+                        ceiling = None
+                        if args.ceiling and workers == args.http_workers[0]:
+                            if raw is None or raw[0] != what:
+                                if raw is not None:
+                                    raw[1].terminate()
+                                    raw[1].wait(timeout=10)
+                                raw_port = free_port()
+                                body = www / ("manifest.json" if what == "manifest" else "blob.bin")
+                                raw = (what, start_raw_asgi(tmp_path, body, raw_port), raw_port)
+                                wrk(f"http://127.0.0.1:{raw[2]}/", connections, 2)
+                            ceiling = wrk(f"http://127.0.0.1:{raw[2]}/", connections, args.seconds)
                         row = {
                             "bench": "read_bench", "what": what, "connections": connections,
                             "bytes": len(manifest if what == "manifest" else blob_bytes),
@@ -153,6 +202,8 @@ def run_one(args: argparse.Namespace, workers: int, tmp_path: Path) -> list[dict
                             "service_requests": svc["requests"], "service_fast_path_answers": fast,
                             "nginx_rps": ngx["rps"], "nginx_p50_ms": ngx["p50_ms"], "nginx_p99_ms": ngx["p99_ms"],
                             "ratio": round(svc["rps"] / ngx["rps"], 3),
+                            "raw_asgi_rps": ceiling and ceiling["rps"], "raw_asgi_p99_ms": ceiling and ceiling["p99_ms"],
+                            "raw_asgi_ratio": ceiling and round(ceiling["rps"] / ngx["rps"], 3),
                             "target_met": svc["rps"] >= 0.25 * ngx["rps"] and (connections != 16 or svc["p99_ms"] < 20),
                             "http_workers": workers, "store": args.store, "server": SERVER,
                             "loadavg_1m_before": round(load, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
@@ -161,10 +212,14 @@ def run_one(args: argparse.Namespace, workers: int, tmp_path: Path) -> list[dict
                         rows.append(row)
                         print(f"{what:8} w={workers} c={connections:<3} service {svc['rps']:9.0f} req/s "
                               f"p99 {svc['p99_ms']:7.2f} ms | nginx {ngx['rps']:9.0f} req/s p99 {ngx['p99_ms']:7.2f} ms"
-                              f" | ratio {row['ratio']:.2f} | load {load:.1f}", flush=True)
+                              f" | ratio {row['ratio']:.2f} | load {load:.1f}"
+                              + (f" | raw ASGI app {ceiling['rps']:9.0f} req/s" if ceiling else ""), flush=True)
             finally:
                 nginx.terminate()
                 nginx.wait(timeout=10)
+                if raw is not None:
+                    raw[1].terminate()
+                    raw[1].wait(timeout=10)
     finally:
         if redis_ctx is not None:
             redis_ctx.__exit__(None, None, None)
@@ -178,6 +233,9 @@ def main() -> None:
     parser.add_argument("--store", choices=("disk", "redis"), default="disk")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--tag", default="", help="added to the results file's name, e.g. fastpath")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also measure a trivial ASGI app returning the same bytes under the same uvicorn "
+                             "(the most any Python app served this way could do; with the first worker count)")
     args = parser.parse_args()
     ensure_tools()
     rows = []
