@@ -7,9 +7,11 @@ Each client is a new Python process with an empty mirror; client i talks to
 replica i % 2 and prefetches the 8 cores (tests/neurons.py cores, and LIF
 variants with other constants), which requests every build before waiting on
 any, then fetches and verifies every blob. Reports builds across both replicas
-(``builds_started`` of /v1/stats), that every client got every kernel, and the
-time per client. Needs redis-server (``make test`` installs it). Writes JSON
-lines to bench/results/.
+(``builds_started`` of /v1/stats: each replica runs one HTTP worker, so its
+counters are whole), that every client got every kernel, and the time per
+client (its prefetch; the process start, torch's import included, comes
+before). Needs redis-server (``make test`` installs it). Writes JSON lines to
+bench/results/ with the load average before the clients start and after.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def main() -> None:
             replicas = [a, b]
             code = CLIENT.format(tests=str(ROOT / "tests"))
             env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
+            load_before = os.getloadavg()[0]
             began = time.perf_counter()
             procs = [subprocess.Popen([sys.executable, "-c", code, replicas[i % 2].url, str(root / f"client{i}"),
                                        str(args.cores)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
@@ -90,7 +93,10 @@ def main() -> None:
         "builds_across_replicas": builds, "every_client_got_every_kernel": len(keys) == 1 and
         len(next(iter(keys))) == args.cores, "client_seconds_min": round(times[0], 2),
         "client_seconds_median": round(times[len(times) // 2], 2), "client_seconds_max": round(times[-1], 2),
-        "wall_seconds": round(wall, 2), "loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
+        # per client, in start order: prefetch of every core (requests, builds, fetch + verify of every blob)
+        "client_seconds": [round(r["seconds"], 2) for r in results],
+        "wall_seconds": round(wall, 2), "loadavg_1m_before": round(load_before, 2),
+        "loadavg_1m_after": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     print(json.dumps(row, indent=1))

@@ -73,7 +73,9 @@ def serve(
     store: Annotated[Optional[str], typer.Option(help="store URL (default disk:./flexsn-store)")] = None,
     workers: Annotated[Optional[int], typer.Option(help="builds running at once")] = None,
     http_workers: Annotated[Optional[int], typer.Option(
-        "--http-workers", help="uvicorn worker processes (default 1; FLEXSN_SERVICE_HTTP_WORKERS)")] = None,
+        "--http-workers",
+        help="uvicorn worker processes (default 1: build status and counters are per worker; "
+             "FLEXSN_SERVICE_HTTP_WORKERS)")] = None,
 ) -> None:
     """Run the cache service (works on a fresh machine: embedded store in a local folder)."""
     require_extra("serve")
@@ -95,9 +97,17 @@ def serve(
             "serving 127.0.0.1 only[/yellow]"
         )
         bind = "127.0.0.1"
-    console.print(f"flexsn-cache serving on http://{bind}:{settings.port} (store {settings.store}, docs at /docs)")
-    if settings.http_workers == 1:
-        uvicorn.run(create_app(settings), host=bind, port=settings.port, log_config=None, access_log=False)
+    from .serving import http_protocol, loop_name
+
+    http_workers = settings.http_workers
+    console.print(f"flexsn-cache serving on http://{bind}:{settings.port} (store {settings.store}, "
+                  f"{http_workers} HTTP worker(s), docs at /docs)")
+    # No access log from uvicorn (ours is JSON, with request ids); TCP_NODELAY on every connection
+    # and httptools/uvloop when installed (serving.py says why).
+    server = {"host": bind, "port": settings.port, "log_config": None, "access_log": False,
+              "http": http_protocol(), "loop": loop_name()}
+    if http_workers == 1:
+        uvicorn.run(create_app(settings), **server)
         return
     # Several worker processes: uvicorn imports the app in each, so the settings travel as environment
     # variables. Each worker runs its own builds; the store's build leases keep one build per spec.
@@ -105,8 +115,7 @@ def serve(
 
     for name, value in overrides.items():
         os.environ[f"FLEXSN_SERVICE_{name.upper()}"] = str(value)
-    uvicorn.run("flexsn_service.main:create_app", factory=True, workers=settings.http_workers, host=bind,
-                port=settings.port, log_config=None, access_log=False)
+    uvicorn.run("flexsn_service.main:create_app", factory=True, workers=http_workers, **server)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)

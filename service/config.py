@@ -59,11 +59,16 @@ class Settings(BaseSettings):
     ``FLEXSN_SERVICE_FAILED_BUILD_TTL_S``: how long a failed build is answered from memory
     ``FLEXSN_SERVICE_MAX_IR_BYTES`` the most a jail may print (its IR)
     ``FLEXSN_SERVICE_MAX_BYTES``    the store's size limit (``500M``, ``20G``; unset: none): LRU kernels are evicted
-    ``FLEXSN_SERVICE_HTTP_WORKERS`` uvicorn worker processes (each with its own builds; one build per spec still)
+    ``FLEXSN_SERVICE_HTTP_WORKERS`` uvicorn worker processes (each with its own builds; one build per spec still);
+                                    default 1 (build status and counters are per worker)
     ``FLEXSN_SERVICE_BUILD_LEASE_S``: how long a dead replica's build blocks the others before one takes it over
     ``FLEXSN_SERVICE_READ_CACHE_MB``: verified blobs and manifests kept in memory (per worker)
     ``FLEXSN_SERVICE_MANIFEST_TTL_S``: how long a manifest is served from memory before its digest is checked
     ``FLEXSN_SERVICE_TOUCH_FLUSH_S``: access times of reads are written in batches this often
+    ``FLEXSN_SERVICE_FAST_READS``   ``1`` (default): manifests and blobs in memory are answered before FastAPI
+                                    (api/fast_reads.py); ``0`` sends every read through FastAPI
+    ``FLEXSN_SERVICE_LOG_FAST_READS``: ``1`` logs every fast-path answer too (default: only refusals and
+                                    answers slower than 100 ms; the rest are counted in /metrics)
     ``FLEXSN_SERVICE_SOURCE_CHECK`` TEST ONLY: ``0`` switches the source check off, so that tests
                                     exercise the jail alone. Never in production.
     """
@@ -95,11 +100,16 @@ class Settings(BaseSettings):
     max_ir_bytes: int = Field(default=16 << 20, ge=1 << 16)
     #: The store's size limit in bytes (``500M``, ``20G`` accepted); None: no limit.
     max_bytes: int | None = None
+    #: uvicorn worker processes. 1 by default: build records (GET /v1/builds/{id}), /v1/stats and
+    #: /metrics live in each worker's memory, so with several a poll may reach a worker that never saw
+    #: the build (README "How reads are served" has the figures and the trade-off).
     http_workers: int = Field(default=1, ge=1, le=64)
     build_lease_s: float = Field(default=15.0, ge=1.0)
     read_cache_mb: int = Field(default=256, ge=0)
     manifest_ttl_s: float = Field(default=1.0, ge=0)
     touch_flush_s: float = Field(default=5.0, gt=0)
+    fast_reads: bool = True
+    log_fast_reads: bool = False
     #: TEST ONLY: False skips the source check (in the API and the worker) so tests reach the jail.
     source_check: bool = True
 

@@ -9,16 +9,19 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
 
 from flexsn_core.compile import canonical_target
 
 from .api.deps import ServiceContext
 from .api.docs import ASSETS_URL, add_docs
+from .api.fast_reads import FastReads
 from .api.middleware import AuthGateMiddleware, BodyLimitMiddleware
 from .api.routes import blobs, builds, kernels, page, status
 from .auth import load_tokens
@@ -113,6 +116,19 @@ def _route_id(route: APIRoute) -> str:
     return route.name
 
 
+class ServiceApp(FastAPI):
+    """The service's FastAPI app behind the read fast path (api/fast_reads.py), which answers first:
+    in front of FastAPI's own per-request work too (its middleware stack, and the check whether
+    OpenTelemetry is configured), not only in front of ours."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._front = FastReads(super().__call__, state=self.state)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._front(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging()
@@ -182,7 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await checks.close()
             store.close()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="flexsn-cache",
         version="1",
         description="Builds FlexSN spiking-neuron kernels once and serves them to every training job. "

@@ -20,7 +20,7 @@ from ..store.reads import ReadCache
 
 __all__ = [
     "ServiceContext", "Ctx", "ReadScope", "BuildScope", "AdminScope", "SpecKey", "BlobSha", "gate", "errors",
-    "is_hex64", "AUTH_ERRORS",
+    "is_hex64", "etag_matches", "AUTH_ERRORS",
 ]
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
@@ -96,6 +96,11 @@ AdminScope = Annotated[Token | None, _require("admin")]
 def is_hex64(value: str) -> bool:
     """Exactly 64 lowercase hex digits (``fullmatch``: a trailing newline does not pass)."""
     return _HEX64.fullmatch(value) is not None
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    """``If-None-Match`` names ``etag`` (strong comparison; ``*`` matches anything stored)."""
+    return header is not None and (header.strip() == "*" or etag in (t.strip() for t in header.split(",")))
 
 
 def _hex64(value: str, what: str) -> str:

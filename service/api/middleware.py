@@ -20,17 +20,30 @@ from typing import Any
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 
+from ..auth import AuthFailure
 from .deps import gate
 
-__all__ = ["AuthGateMiddleware", "BodyLimitMiddleware"]
+__all__ = ["AuthGateMiddleware", "BodyLimitMiddleware", "auth_failure_response"]
 
 Scope = dict[str, Any]
 
 
-async def _answer(send: Any, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> tuple[int, list[Any], bytes]:
+    """(status, raw headers, body) of the ``{"detail": ...}`` answer every error has."""
     response = JSONResponse({"detail": detail}, status_code=status, headers=headers)
-    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
-    await send({"type": "http.response.body", "body": response.body})
+    return status, response.raw_headers, bytes(response.body)
+
+
+def auth_failure_response(failure: AuthFailure) -> tuple[int, list[Any], bytes]:
+    """The answer to a refused request: 401 (with ``WWW-Authenticate``) or 403, as the routes give it."""
+    headers = {"WWW-Authenticate": "Bearer"} if failure.status == 401 else None
+    return _error(failure.status, failure.message, headers)
+
+
+async def _answer(send: Any, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    status, raw_headers, body = _error(status, detail, headers)
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -57,8 +70,9 @@ class AuthGateMiddleware:
                 client = scope.get("client")
                 failure = gate(ctx.tokens, client[0] if client else None, _header(scope, b"authorization"))
                 if failure is not None:
-                    headers = {"WWW-Authenticate": "Bearer"} if failure.status == 401 else None
-                    await _answer(send, failure.status, failure.message, headers)
+                    status, headers, body = auth_failure_response(failure)
+                    await send({"type": "http.response.start", "status": status, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
                     return
         await self.app(scope, receive, send)
 

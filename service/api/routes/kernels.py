@@ -27,7 +27,8 @@ from ...schemas import (
     TuningReport,
     TuningResult,
 )
-from ..deps import AUTH_ERRORS, AdminScope, BuildScope, Ctx, ReadScope, SpecKey, errors
+from ...store.reads import MANIFEST_CACHE_CONTROL
+from ..deps import AUTH_ERRORS, AdminScope, BuildScope, Ctx, ReadScope, SpecKey, errors, etag_matches
 
 router = APIRouter(prefix="/v1/kernels", tags=["kernels"])
 
@@ -144,7 +145,10 @@ async def list_kernels(
 
 
 # response_model documents the manifest's schema; the stored manifest (validated when it was read)
-# is sent as it is, without a second pass through pydantic on every read.
+# is sent as it is, without a second pass through pydantic on every read. A manifest in memory is
+# answered before FastAPI by api/fast_reads.py (same status, headers, body); HEAD is the same answer
+# without the body, a route of its own so that the OpenAPI document keeps one operation per route.
+@router.head("/{key}", include_in_schema=False, name="head_kernel")
 @router.get("/{key}", summary="The manifest of a stored kernel", response_model=Manifest,
             responses={200: _MANIFEST, 304: {"description": "ETag matched (the manifest is unchanged)"},
                        **errors(*AUTH_ERRORS, 404, 422, 503)})
@@ -154,15 +158,10 @@ async def get_kernel(key: SpecKey, request: Request, ctx: Ctx, _auth: ReadScope)
     cached = ctx.reads.cached_manifest(key) or await asyncio.to_thread(ctx.reads.manifest, key)
     if cached is None:
         raise HTTPException(404, f"no kernel with key {key}; POST its spec to /v1/kernels to build it")
-    headers = {"ETag": cached.etag, "Cache-Control": "no-cache"}  # may be tuned: revalidate, cheaply
-    if _etag_matches(request, cached.etag):
+    headers = {"ETag": cached.etag, "Cache-Control": MANIFEST_CACHE_CONTROL}  # may be tuned: revalidate, cheaply
+    if etag_matches(request.headers.get("if-none-match"), cached.etag):
         return Response(status_code=304, headers=headers)
     return Response(cached.body, media_type="application/json", headers=headers)
-
-
-def _etag_matches(request: Request, etag: str) -> bool:
-    header = request.headers.get("if-none-match")
-    return header is not None and (header.strip() == "*" or etag in (t.strip() for t in header.split(",")))
 
 
 @router.get(
