@@ -112,6 +112,11 @@ def build_error(detail: dict[str, Any], url: str) -> FlexSNError:
     )
 
 
+class BuildUnknownError(BuildFailedError):
+    """The service asked does not know this build id: another replica or HTTP worker started
+    it (a load balancer in front, ``--http-workers`` > 1) and build records are per process."""
+
+
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 #: the longest piece of an answer's body an error message quotes
 _QUOTE = 200
@@ -299,7 +304,9 @@ class ServiceAPI:
         return self._json(response, "key") if response.status_code == 200 else None
 
     def get_build(self, build_id: str) -> dict[str, Any]:
-        response = self._call("GET", f"/v1/builds/{build_id}")
+        response = self._call("GET", f"/v1/builds/{build_id}", ok=(200, 404))
+        if response.status_code == 404:
+            raise BuildUnknownError(f"build {build_id} is unknown to the service at {self.url}: {_detail(response)}")
         if response.status_code != 200:
             raise BuildFailedError(f"build {build_id} is unknown to the service: {_detail(response)}")
         return self._json(response, "state")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from flexsn_core.manifest import TuningChoice, restrict_targets, targets_of
 from flexsn_core.runtime import KernelSet
 from flexsn_core.spec import KernelSpec
 
-from .api import ServiceAPI
+from .api import BuildUnknownError, ServiceAPI
 from .progress import build_line, progress_console
 from .settings import ClientSettings
 
@@ -190,13 +191,42 @@ class KernelCacheClient:
         if code == 202:
             if not wait:
                 return None
-            self._wait(body["build_id"], progress, f"{spec.entry} {spec.key[:8]}")
+            self._wait_for(spec, targets, body["build_id"], progress, f"{spec.entry} {spec.key[:8]}")
             manifest = api.get_manifest(spec.key)
             if manifest is None:
                 raise BuildFailedError(f"the build of {spec.key[:16]}… succeeded but its manifest is gone")
         else:
             manifest = body
         return self._mirror(manifest, list(targets or []))
+
+    def _wait_for(
+        self,
+        spec: KernelSpec,
+        targets: list[str] | None,
+        build_id: str,
+        progress: bool | None | Callable[[dict[str, Any]], None],
+        what: str,
+    ) -> None:
+        """Wait for the build of ``spec``: poll ``build_id``; where the service polled does not
+        know it (build records are per process: a load balancer or several HTTP workers sent the
+        poll elsewhere), ask for the spec again with ``wait=true``, which joins the build
+        wherever it runs (one build per spec across replicas and workers)."""
+        try:
+            self._wait(build_id, progress, what)
+            return
+        except BuildUnknownError as exc:
+            logger.info("%s; waiting on the spec instead", exc)
+        api = self._require_api()
+        deadline = time.monotonic() + api.build_wait_s
+        while True:
+            code, _ = api.request_kernels(spec, targets or None, wait=True)  # a failed build raises
+            if code == 200:
+                return
+            if time.monotonic() > deadline:
+                raise CacheUnavailableError(
+                    f"the kernel cache at {api.url} did not finish building {what} within {api.build_wait_s:g} s; "
+                    "FLEXSN_CACHE_BUILD_WAIT_S sets the limit"
+                )
 
     def _wait(self, build_id: str, progress: bool | None | Callable[[dict[str, Any]], None], what: str) -> None:
         api = self._require_api()
@@ -235,7 +265,7 @@ class KernelCacheClient:
             # The service runs the builds side by side: poll them side by side, so every line moves.
             def wait(item: tuple[KernelSpec, str]) -> None:
                 spec, build_id = item
-                self._wait(build_id, lambda status: note(spec, "building", status), spec.entry)
+                self._wait_for(spec, targets, build_id, lambda status: note(spec, "building", status), spec.entry)
 
             with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(pending))) as pool:
                 list(pool.map(wait, pending))

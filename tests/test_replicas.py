@@ -158,3 +158,37 @@ def test_a_replica_started_mid_build_leaves_the_others_builds_alone(tmp_path: Pa
                 with second.client() as other:
                     assert other.post("/v1/kernels", json=_spec(2.5, sleep_s=4)).status_code == 200
                     assert other.get("/v1/stats").json()["builds_started"] == 0
+
+
+def test_a_client_polling_the_replica_that_did_not_start_the_build_still_gets_the_kernels(
+    shared: tuple[list[Server], str], tmp_path: Path,
+) -> None:
+    """A load balancer (or several HTTP workers) sends the build's POST to one replica and its
+    polls to another, which has no record of that build id: the client asks for the spec again,
+    waiting, and joins the one build wherever it runs."""
+    from flexsn_client.api import BuildUnknownError, ServiceAPI
+    from flexsn_client.cache import KernelCacheClient
+
+    servers, _ = shared
+    spec = KernelSpec.from_dict(_spec(2.375, sleep_s=2.0))
+    first, second = (ServiceAPI(s.url, None) for s in servers)
+
+    class Balanced(ServiceAPI):
+        """POSTs go to the first replica once, everything else to the second."""
+
+        posts = 0
+
+        def request_kernels(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            Balanced.posts += 1
+            return (first if Balanced.posts == 1 else super()).request_kernels(*args, **kwargs)
+
+    code, body = first.request_kernels(spec)
+    assert code == 202
+    with pytest.raises(BuildUnknownError):
+        second.get_build(body["build_id"])
+    before = _builds_started(servers)
+    client = KernelCacheClient(local_dir=tmp_path, api=Balanced(servers[1].url, None))
+    manifest = client.get_or_build(spec, progress=False)
+    assert manifest is not None and manifest["key"] == spec.key
+    assert Balanced.posts >= 2  # the fallback asked the second replica for the spec
+    assert _builds_started(servers) == before  # joined the build already running, no second one
