@@ -13,7 +13,8 @@ training step (T=8, 2^20 neurons, fp32):
 * ``seen node``: the same mirror again (a local hit).
 
 Imports and CUDA context creation happen before the timer and are reported
-separately. Prints one JSON line per process.
+separately. Prints one JSON line per process. ``FLEXSN_BENCH_PROFILE=1`` also
+prints where construction spent its time (cProfile, top 25, from each child).
 """
 
 from __future__ import annotations
@@ -48,9 +49,20 @@ def child(url: str) -> None:
     cuda_s = time.perf_counter() - t_cuda
     xg = x.requires_grad_()
 
+    profile = None
+    if os.environ.get("FLEXSN_BENCH_PROFILE"):  # where construction spends its time (cProfile, top 25)
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
     t0 = time.perf_counter()
     neuron = FlexSN(neurons.lif_hard, 1, 1, 1, example_inputs=(x[0], x[0]), backend="remote-cache", cache_url=url)
     constructed = time.perf_counter()
+    if profile is not None:
+        import pstats
+
+        profile.disable()
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
     y = neuron(xg)
     y.sum().backward()
     torch.cuda.synchronize()
@@ -91,8 +103,9 @@ def main() -> None:
         )
         for label in ("new node", "seen node"):
             out = subprocess.run([sys.executable, __file__, "child", server.url], env=env, capture_output=True, text=True)
-            if out.returncode:
+            if out.returncode or os.environ.get("FLEXSN_BENCH_PROFILE"):
                 print(out.stderr[-4000:])
+            if out.returncode:
                 raise SystemExit(1)
             print(json.dumps({"run": label, **json.loads(out.stdout.strip().splitlines()[-1])}), flush=True)
         with server.client() as http:
