@@ -102,6 +102,17 @@ class Budget:
         return time.monotonic() < self.end
 
 
+def _cuda_ms(run: Callable[[], Any]) -> float:
+    """GPU ms that ``run()`` takes, between CUDA events (after the queue drains)."""
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 class Ctx:
     """What every section needs: device, sizes, timing, the budget."""
 
@@ -125,14 +136,11 @@ class Ctx:
             t0 = time.perf_counter()
             fn()
             return (time.perf_counter() - t0) * 1e3
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / iters
+        def run() -> None:
+            for _ in range(iters):
+                fn()
+
+        return _cuda_ms(run) / iters
 
     def time_ms_graph(self, fn: Callable[[], Any], iters: int = 20) -> float | None:
         """Mean GPU ms per call with ``iters`` calls captured in one CUDA graph and replayed:
@@ -151,13 +159,7 @@ class Ctx:
             for _ in range(iters):
                 fn()
         graph.replay()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / iters
+        return _cuda_ms(graph.replay) / iters
 
     def reset_peak(self) -> int:
         if self.smoke:
