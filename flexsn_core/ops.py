@@ -272,7 +272,7 @@ def backward(
     grad_sseqs: list[Tensor | None],
     grad_finals: list[Tensor | None],
 ) -> list[Tensor]:
-    """Gradients of the inputs, the given initial states (``with_states``) and the statics that require grad."""
+    """Gradients of the inputs, the initial states (``with_states``: given and wanted) and the statics that require grad."""
     h = lookup_handle(handle)
     ks = h.kernels(device)
     elem = torch.Size(shape[1:])
@@ -295,6 +295,7 @@ def backward(
         recompute=recompute,
         shape=shape,
         device=device,
+        want_init=with_states,
     )
     result = [g for g in g_in if g is not None]
     if with_states:
@@ -347,6 +348,10 @@ def _setup_training(ctx: Any, inputs: tuple[Any, ...], output: list[Tensor]) -> 
     saved_states = list(states) if keep_states else []
     saved_outs = [o if i in keep_outs else None for i, o in enumerate(outs)]
     saved_seqs = [returned[j] if j in keep_seqs else None for j in range(ns)]
+    # An output no loss reaches (typically the final states a memory module keeps)
+    # gets None, not a zeros tensor the size of a step: the kernel takes absent
+    # gradients as a flag.
+    ctx.set_materialize_grads(False)
     retain_active(handle)
     # Released after the backward ran, or when the graph is freed without one.
     ctx.release = weakref.finalize(ctx, release_active, handle)
@@ -390,8 +395,11 @@ def _backward_training(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, ...]:
     grad_sseqs: list[Tensor | None] = [None] * ns
     if ctx.store:
         grad_sseqs = list(grads[no + ns : no + 2 * ns])
+    # Initial-state gradients only when a given initial state requires grad (a memory
+    # module's fresh zeros do not): none is allocated or stored otherwise.
+    init_grads = ctx.with_states and any(ctx.needs_input_grad[2])
     args = (
-        ctx.handle, ctx.shape, ctx.device, ctx.with_states, ctx.recompute,
+        ctx.handle, ctx.shape, ctx.device, init_grads, ctx.recompute,
         xs, states, statics, outs, sseqs, extras, grad_outs, grad_sseqs, grad_finals,
     )
     # Eager: skip the dispatcher round trip (it costs more than a small kernel).
@@ -404,7 +412,7 @@ def _backward_training(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, ...]:
     n_x = len(x_flags)
     it = iter(flat_grads)
     g_x = [next(it) if req[i] else None for i in range(n_x)]
-    g_s = [next(it) if req[spec.num_inputs + j] else None for j in range(ns)] if ctx.with_states else []
+    g_s = [next(it) if init_grads and req[spec.num_inputs + j] else None for j in range(ns)] if ctx.with_states else []
     g_c = [next(it) if req[spec.num_inputs + ns + k] else None for k in range(n_statics)]
     return None, g_x, g_s, g_c, None, None
 

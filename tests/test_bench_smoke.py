@@ -166,3 +166,31 @@ def test_bad_command_line_is_refused(capsys: pytest.CaptureFixture[str]) -> None
     assert "unknown ['hodgkin']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_bench.parse_args(["--smoke", "--impls", "ours,sj_flexsn"])
+
+
+def test_train_memory_finds_the_blocks_alive_at_the_peak() -> None:
+    """bench/train_memory.py replays allocation events: the peak is the largest running total,
+    and what is listed is what was allocated and not yet freed at that moment."""
+    import train_memory
+
+    here = str(ROOT / "flexsn_core" / "runtime" / "kinds.py")
+
+    def event(action: str, addr: int, size: int, line: int = 1) -> dict:
+        return {"action": action, "addr": addr, "size": size,
+                "frames": [{"filename": "/x/torch/autograd/f.py", "line": 3, "name": "inner"},
+                           {"filename": here, "line": line, "name": "run_backward"}]}
+
+    trace = [event("alloc", 1, 100), event("alloc", 2, 50, 2), event("free_requested", 1, 100),
+             event("free_completed", 1, 100), event("alloc", 3, 120, 3), event("alloc", 4, 10, 4),
+             event("free_completed", 3, 120), event("alloc", 5, 60)]
+    peak, blocks = train_memory.live_at_peak({"device_traces": [trace]})
+    assert peak == 180  # blocks 2, 3, 4
+    assert sorted(size for size, _ in blocks) == [10, 50, 120]
+    assert all(site.startswith("kinds.py:") for _, site in blocks)  # torch's own frames skipped
+
+
+def test_train_memory_smoke_runs_a_step_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    import train_memory
+
+    assert train_memory.main(["--smoke", "--impl", "ours"]) == 0
+    assert "no CUDA allocator" in capsys.readouterr().out

@@ -248,13 +248,13 @@ def test_saved_dtypes_follow_the_rounding_rule() -> None:
 
 
 def _check_training(name: str, dtype: torch.dtype, T: int, *, recompute: bool, store_state_seqs: bool = False,
-                    prefetch: bool = True, programs: int | None = None) -> None:
+                    prefetch: bool = True, programs: int | None = None, block: int | None = None) -> None:
     """Forward + backward through the kernels vs autograd, giving the backward only what the mode keeps."""
     model, ks, xs, inits, statics, prepared = _case(name, dtype, T, seed=11)
     g_outs, g_seqs, g_fins = _random_grads(model, T, dtype, store_state_seqs)
     ref = run_reference(model.core, model.num_outputs, xs, inits, statics, grads=(g_outs, g_seqs, g_fins))
     flat_inits = [s.reshape(-1) for s in inits]
-    ks.interpreter_prefetch, ks.interpreter_programs = prefetch, programs
+    ks.interpreter_prefetch, ks.interpreter_programs, ks.interpreter_block_size = prefetch, programs, block
     try:
         outs, sseqs, finals, extras = run_forward(
             ks, _flat(xs), flat_inits, prepared, store_state_seqs=store_state_seqs, recompute=recompute
@@ -284,7 +284,7 @@ def _check_training(name: str, dtype: torch.dtype, T: int, *, recompute: bool, s
             device=torch.device("cpu"),
         )
     finally:
-        ks.interpreter_prefetch, ks.interpreter_programs = True, None
+        ks.interpreter_prefetch, ks.interpreter_programs, ks.interpreter_block_size = True, None, None
     for i, (a, e) in enumerate(zip(_unflat(outs), ref["outs"])):
         assert_close(a, e, dtype, f"training output {i}")
     scale = 4.0 if dtype != torch.float32 else 1.0
@@ -313,4 +313,48 @@ def test_without_prefetch_and_with_persistent_programs(name: str, dtype: torch.d
     """The PREFETCH=False variant, and fewer programs than blocks (grid-stride, as a persistent launch):
     the same results. 39 neurons in blocks of 16 are 3 blocks for 2 programs."""
     _check_training(name, dtype, 5, recompute=recompute, prefetch=False)
-    _check_training(name, dtype, 5, recompute=recompute, store_state_seqs=True, programs=2)
+    _check_training(name, dtype, 5, recompute=recompute, store_state_seqs=True, programs=2, block=16)
+
+
+class _AllocationSpy:
+    """Stands in for ``torch`` inside flexsn_core.runtime.kinds: records the shape of every ``torch.empty``."""
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
+
+    def empty(self, *args, **kwargs) -> torch.Tensor:
+        t = torch.empty(*args, **kwargs)
+        self.shapes.append(tuple(t.shape))
+        return t
+
+
+MULTI_STATE = sorted(n for n in MODELS if len(_kernel_set(n, torch.float32).plan.recompute_states) > 1)
+
+
+def test_some_models_regenerate_several_states() -> None:
+    assert {"alif", "izhikevich"} <= set(MULTI_STATE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("name", MULTI_STATE)
+def test_recompute_scratch_of_further_states_is_a_fraction_of_a_sequence(name: str, dtype: torch.dtype,
+                                                                          monkeypatch) -> None:
+    """Issue #14: recompute mode regenerated every state after the first into a full ``[T, N]``
+    buffer (ALIF under torch.compile peaked 0.54 GB above LIF on a conv net). Those states now
+    go to ``[T, programs x BLOCK]`` scratch whose columns each program reuses block after block;
+    here 39 neurons in blocks of 16 are 3 blocks for 2 programs: 32 columns, and program 0
+    regenerates block 2 into the columns it used for block 0. Gradients stay exact."""
+    from flexsn_core.runtime import kinds
+
+    spy = _AllocationSpy()
+    monkeypatch.setattr(kinds, "torch", spy)
+    T = 5
+    _check_training(name, dtype, T, recompute=True, programs=2, block=16)
+    model = MODELS[name]
+    full = [s for s in spy.shapes if s == (T, N)]
+    assert len(full) == model.num_inputs, spy.shapes  # the input gradients (the first doubles as scratch)
+    own = len(_kernel_set(name, dtype).plan.recompute_states) - 1
+    assert spy.shapes.count((T, 32)) == own, spy.shapes

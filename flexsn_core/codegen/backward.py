@@ -26,6 +26,7 @@ from .blocks import (
 )
 from .lower import Emitter, Val, node_dtype, physical
 from .partition import SavePlan
+from .save_plan import scratch_states
 
 __all__ = ["backward_kernel"]
 
@@ -39,6 +40,14 @@ def backward_kernel(traced: TracedCore, plan: SavePlan) -> tuple[str, KernelDef]
     in a first pass over time (into the ``sseq`` buffers, now scratch), and
     recomputes the plan's extras, outputs and new states per step -- the
     forward that ran, bit for bit, so the gradients are the same.
+
+    Recompute mode's scratch (``save_plan.scratch_states``): the first
+    regenerated state may live in the first input gradient's buffer; any other
+    is addressed ``t * SRS + soffs``, a ``[T, SRS]`` buffer whose columns each
+    program reuses for every block it walks (``soffs`` is ``offs`` shifted back
+    to the program's first block). In stored mode ``SRS`` is ``N`` and
+    ``soffs`` is ``offs``: the same addresses as every other ``[T, N]`` buffer.
+    Initial-state gradients are stored only where their ``ginit{j}_flag`` asks.
     """
     spec = traced.spec
     dtype = spec.torch_dtype
@@ -59,17 +68,26 @@ def backward_kernel(traced: TracedCore, plan: SavePlan) -> tuple[str, KernelDef]
     gfin_flags = [k.param(f"gfin{j}_flag", "i32") for j in range(ns)]
     gins = [k.ptr(f"gin{i}") for i in range(ni)]
     ginits = [k.ptr(f"ginit{j}") for j in range(ns)]
+    ginit_flags = [k.param(f"ginit{j}_flag", "i32") for j in range(ns)]
     gsts = [k.ptr(f"gst{c}", torch.float32) for c in range(nc)]
     k.param("recompute", "i32")
     req = spec.requires_grad
     assert req is not None
+    _, own = scratch_states(plan.recompute_states, bool(ni) and bool(req[0]))
+    # (row stride, column) of each state sequence buffer
+    at = {j: ("SRS", "soffs") if j in own else ("N", "offs") for j in range(ns)}
+    if own:
+        k.param("SRS", "i64")
 
     pre = k.emitter("    ", "p")
+    if own:
+        pre.line("sblk = (blk - tl.program_id(0)) if INTERPRET else (blk - tl.program_id(0)).to(tl.int64)")
+        pre.line("soffs = offs - sblk * BLOCK * recompute")
     static_vals = common.load_statics(pre)
     needs_init = plan.needs_init or bool(plan.recompute_states)
     init_vals = common.load_inits(pre, "s") if needs_init else []
     if plan.recompute_states:
-        _state_pass(k, traced, common, sseqs, init_vals, static_vals, plan.recompute_states)
+        _state_pass(k, traced, common, sseqs, init_vals, static_vals, plan.recompute_states, at)
     carries = []
     for j in range(ns):
         name = f"g{j}"
@@ -94,10 +112,11 @@ def backward_kernel(traced: TracedCore, plan: SavePlan) -> tuple[str, KernelDef]
         elif v.kind == "input":
             f.env[node] = Val(k.stream(f, common.inputs[v.index], dtype, "mask"), dtype)
         elif v.kind == "state_prev":  # the state sequence one row back, the initial state at t == 0
-            prev = k.stream(f, sseqs[v.index], dtype, "mask", shift=-1)
+            stride, col = at[v.index]
+            prev = k.stream(f, sseqs[v.index], dtype, "mask", shift=-1, stride=stride, col=col)
             f.env[node] = Val(f.tmp(f"tl.where(t > 0, {prev}, {init_vals[v.index].expr})"), dtype)
     if any(v.kind in ("output", "state_new", "extra") for v in plan.loads):
-        _stored_or_rebuilt(k, f, traced, plan, common, fw_nodes, outs, sseqs, savs, init_vals, ind)
+        _stored_or_rebuilt(k, f, traced, plan, common, fw_nodes, outs, sseqs, savs, init_vals, ind, at)
     for node in fw_params:
         if node not in f.env and node.name in plan.recompute:  # pragma: no cover
             raise AssertionError("internal: recompute needs an unloaded primal")
@@ -143,7 +162,7 @@ def backward_kernel(traced: TracedCore, plan: SavePlan) -> tuple[str, KernelDef]
     post = k.emitter("    ", "q")
     for j in range(ns):
         if req[ni + j]:
-            post.line(store_line(f"{ginits[j]} + offs", carries[j], dtype, "mask", post))
+            post.line(store_line(f"{ginits[j]} + offs", carries[j], dtype, f"mask & ({ginit_flags[j]} != 0)", post))
     for c in accs:
         post.line(f"tl.store({gsts[c]} + offs, acc{c}, mask=mask)")
     return k.render()
@@ -174,6 +193,7 @@ def _state_pass(
     init_vals: list[Val],
     static_vals: list[Val],
     states: tuple[int, ...],
+    at: dict[int, tuple[str, str]],
 ) -> None:
     """Recompute mode's first pass: run the state recurrence forward and store the sequences of ``states``.
 
@@ -204,7 +224,9 @@ def _state_pass(
         u.env[node] = static_vals[c]
     emit_graph(u, fw, wanted)
     for j in states:
-        u.line(store_line(f"{sseqs[j]} + row + offs", u.env[new_states[j]], dtype, "mask", u))
+        stride, col = at[j]
+        where = "row" if stride == "N" else f"t * {stride}"
+        u.line(store_line(f"{sseqs[j]} + {where} + {col}", u.env[new_states[j]], dtype, "mask", u))
     carried = [u.tmp(u.round_to(u.as_(u.env[new_states[j]], physical(dtype)), dtype)) for j in range(ns)]
     for j, name in enumerate(carried):
         u.line(f"z{j} = {name}")
@@ -222,6 +244,7 @@ def _stored_or_rebuilt(
     savs: list[str],
     init_vals: list[Val],
     ind: str,
+    at: dict[int, tuple[str, str]],
 ) -> None:
     """The plan's saved extras, outputs and new states: loaded (stored mode) or recomputed (recompute mode).
 
@@ -239,7 +262,8 @@ def _stored_or_rebuilt(
     loaded = []
     for v in loads:
         ptr = {"output": outs, "state_new": sseqs, "extra": savs}[v.kind][v.index]
-        loaded.append(k.stream(f, ptr, getattr(torch, v.dtype), "mask & (recompute == 0)"))
+        stride, col = at[v.index] if v.kind == "state_new" else ("N", "offs")
+        loaded.append(k.stream(f, ptr, getattr(torch, v.dtype), "mask & (recompute == 0)", stride=stride, col=col))
     targets = [fw_nodes[v.node] for v in loads]
     params = placeholders(fw)
     rebuilt = needed_nodes(targets, set(params))
@@ -254,7 +278,9 @@ def _stored_or_rebuilt(
         if kind == "input":
             w.env[node] = Val(w.tmp(load_expr(f"{common.inputs[index]} + row + offs", dtype, "mask")), dtype)
         elif kind == "state_prev":
-            prev = w.tmp(load_expr(f"{sseqs[index]} + (row - N) + offs", dtype, "mask & (t > 0)"))
+            stride, col = at[index]
+            where = "(row - N)" if stride == "N" else f"(t - 1) * {stride}"
+            prev = w.tmp(load_expr(f"{sseqs[index]} + {where} + {col}", dtype, "mask & (t > 0)"))
             w.env[node] = Val(w.tmp(f"tl.where(t > 0, {prev}, {init_vals[index].expr})"), dtype)
     emit_graph(w, fw, rebuilt)
     for name, node in zip(names, targets):

@@ -126,8 +126,14 @@ class KernelBuilder:
             self.line("for t in range(T):")
         self.line("row = t * N", "        ")
 
-    def stream(self, e: Emitter, ptr: str, dtype: torch.dtype, mask: str, shift: int = 0) -> str:
+    def stream(
+        self, e: Emitter, ptr: str, dtype: torch.dtype, mask: str, shift: int = 0, *, stride: str = "N",
+        col: str = "offs",
+    ) -> str:
         """Load this step's element of a ``[T, N]`` buffer at row ``t + shift`` (shift 0 or -1).
+
+        ``stride``/``col``: the row stride and column of a buffer laid out
+        otherwise (a recompute-mode scratch buffer: ``SRS``, ``soffs``).
 
         With the ``PREFETCH`` constexpr the next step's element is loaded one
         iteration ahead (the first one before the loop), so each thread keeps a
@@ -138,19 +144,20 @@ class KernelBuilder:
         assert self._loop_at is not None, "stream() outside the time loop"
         self._streams += 1
         nxt, cur = f"pf{self._streams}", f"ld{self._streams}"
-        back = " - N" if shift == -1 else ""
+        back = f" - {stride}" if shift == -1 else ""
+        here = "row" if stride == "N" else f"t * {stride}"
 
         def load(t: str, row: str, edge: str | None) -> str:
             conds = ([f"{t} > 0"] if shift == -1 else []) + ([edge] if edge else [])
             full = mask + "".join(f" & ({c})" for c in conds)
-            return f"tl.load({ptr} + {row}{back} + offs, mask={full}, other=0)"
+            return f"tl.load({ptr} + {row}{back} + {col}, mask={full}, other=0)"
 
         if self._reverse:
-            first = load("(T - 1)", "(T - 1) * N", "T > 0")
-            ahead = load("(t - 1)", "(row - N)", "t > 0")
+            first = load("(T - 1)", f"(T - 1) * {stride}", "T > 0")
+            ahead = load("(t - 1)", f"({here} - {stride})", "t > 0")
         else:
             first = load("0", "0", "T > 0")
-            ahead = load("(t + 1)", "(row + N)", "t + 1 < T")
+            ahead = load("(t + 1)", f"({here} + {stride})", "t + 1 < T")
         prologue = ["    if PREFETCH:", f"        {nxt} = {first}"]
         self.body[self._loop_at : self._loop_at] = prologue
         self._loop_at += len(prologue)
@@ -158,7 +165,7 @@ class KernelBuilder:
         e.line(f"    {cur} = {nxt}")
         e.line(f"    {nxt} = {ahead}")
         e.line("else:")
-        e.line(f"    {cur} = {load('t', 'row', None)}")
+        e.line(f"    {cur} = {load('t', here, None)}")
         return e.tmp(convert_expr(cur, dtype))
 
     def render(self) -> tuple[str, KernelDef]:

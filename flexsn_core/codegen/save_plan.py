@@ -10,7 +10,25 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SavedValue", "SavePlan"]
+__all__ = ["SavedValue", "SavePlan", "scratch_states"]
+
+
+def scratch_states(recompute_states: tuple[int, ...], first_input_grad: bool) -> tuple[int | None, tuple[int, ...]]:
+    """Where recompute mode keeps each regenerated state sequence: ``(spare, own)``.
+
+    ``spare``: the state whose sequence lives in the first input gradient's
+    ``[T, N]`` buffer (read one row behind where the gradient is written), when
+    that gradient is computed. ``own``: the other states, each in a scratch
+    buffer of ``[T, width]`` where ``width`` covers the launch's programs times
+    ``BLOCK``: a program walks its blocks grid-stride and reuses its own
+    columns for each, so the scratch is a fraction of a ``[T, N]`` buffer (the
+    kernel and the runtime both follow this split).
+    """
+    if not recompute_states:
+        return None, ()
+    if first_input_grad:
+        return recompute_states[0], tuple(recompute_states[1:])
+    return None, tuple(recompute_states)
 
 
 @dataclass(frozen=True)

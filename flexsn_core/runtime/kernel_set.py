@@ -44,6 +44,10 @@ logger = logging.getLogger("flexsn_core")
 
 BlobFetcher = Callable[[str], bytes]
 
+#: scratch columns per multiprocessor: 2048 resident threads x 8 elements (BLOCK 1024 over 4 warps),
+#: so a width-capped launch still fills the GPU while its scratch is a fraction of a large layer
+SCRATCH_COLUMNS_PER_SM = 16384
+
 
 class KernelSet:
     """Launchable kernels of one spec, built from its manifest.
@@ -97,6 +101,8 @@ class KernelSet:
         #: the block count to run the grid-stride loop as a persistent launch would
         self.interpreter_prefetch = True
         self.interpreter_programs: int | None = None
+        #: interpreter launches: a BLOCK below the default (several blocks on a small test size)
+        self.interpreter_block_size: int | None = None
 
     # ------------------------------------------------------------ queries
     @property
@@ -126,20 +132,46 @@ class KernelSet:
         return t
 
     # ------------------------------------------------------------ launching
-    def launch(self, kind: str, values: dict[str, Any], n: int, device: torch.device) -> None:
-        """Launch ``kind`` with arguments by parameter name (T and N included)."""
+    def scratch_width(self, n: int, device: torch.device) -> int:
+        """Columns of a per-program scratch buffer for ``n`` elements per step (at most ``n``).
+
+        A launch given ``width`` (see :meth:`launch`) runs at most
+        ``width // BLOCK`` programs, each walking its blocks grid-stride, so a
+        scratch buffer of ``width`` columns holds every program's block at once.
+        On a GPU: enough programs to fill every multiprocessor
+        (``SCRATCH_COLUMNS_PER_SM``, 2048 threads of 8 elements), a fraction of
+        a large layer's ``N``.
+        """
+        if device.type == "cuda":
+            index = device.index if device.index is not None else _cuda.device_index(device)
+            return min(n, _cuda.sm_count(index) * SCRATCH_COLUMNS_PER_SM)
+        if self.interpreter_programs:
+            return min(n, self.interpreter_programs * self._interpreter_block(n))
+        return n
+
+    def launch(
+        self, kind: str, values: dict[str, Any], n: int, device: torch.device, *, width: int | None = None
+    ) -> None:
+        """Launch ``kind`` with arguments by parameter name (T and N included).
+
+        ``width``: run at most ``max(1, width // BLOCK)`` programs (scratch
+        buffers of ``width`` columns, :meth:`scratch_width`).
+        """
         if n == 0 or values["T"] == 0:
             return
         args = [values[name] for name in self._arg_names[kind]]
         if device.type == "cuda":
-            self._launch_cuda(kind, args, n, device)
+            self._launch_cuda(kind, args, n, device, width)
         elif device.type == "cpu":
-            self._launch_interpreter(kind, args, n)
+            self._launch_interpreter(kind, args, n, width)
         else:
             raise ArtifactError(f"FlexSN kernels cannot run on {device.type} tensors")
 
-    def _launch_interpreter(self, kind: str, args: list[Any], n: int) -> None:
-        block = interpreter_block(n)
+    def _interpreter_block(self, n: int) -> int:
+        return self.interpreter_block_size or interpreter_block(n)
+
+    def _launch_interpreter(self, kind: str, args: list[Any], n: int, width: int | None = None) -> None:
+        block = self._interpreter_block(n)
         prefetch = self.interpreter_prefetch
         fn = self._interp.get((kind, block, prefetch))
         if fn is None:
@@ -150,24 +182,22 @@ class KernelSet:
             entry = {"kind": kind, "config": {"block": block, "prefetch": prefetch}}
             fn = self._interpreter.load(entry, b"", self.params[kind], -1)
             self._interp[(kind, block, prefetch)] = fn
-        grid = (n + block - 1) // block
-        if self.interpreter_programs:
-            grid = min(grid, self.interpreter_programs)
+        grid = _capped((n + block - 1) // block, self.interpreter_programs or 0, block, width)
         fn.launch(grid, 0, args)
 
-    def _launch_cuda(self, kind: str, args: list[Any], n: int, device: torch.device) -> None:
+    def _launch_cuda(self, kind: str, args: list[Any], n: int, device: torch.device, width: int | None) -> None:
         ptr_args = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
         aligned = n % 16 == 0 and all(p % 16 == 0 for p, a in zip(ptr_args, args) if isinstance(a, torch.Tensor))
         index = device.index if device.index is not None else _cuda.device_index(device)
         choice = self._choices.get((kind, index, size_bucket(n), aligned))
         if choice is None:
-            choice = self._choose(kind, index, n, aligned, ptr_args, device)
+            choice = self._choose(kind, index, n, aligned, ptr_args, device, width)
         launch, block, cap = choice
-        grid = (n + block - 1) // block
-        launch(grid if not cap or grid <= cap else cap, _cuda.stream(device), ptr_args)
+        launch(_capped((n + block - 1) // block, cap, block, width), _cuda.stream(device), ptr_args)
 
     def _choose(
-        self, kind: str, index: int, n: int, aligned: bool, ptr_args: list[Any], device: torch.device
+        self, kind: str, index: int, n: int, aligned: bool, ptr_args: list[Any], device: torch.device,
+        width: int | None = None,
     ) -> tuple[Any, int, int]:
         """The binary for (kind, device, size bucket, alignment): tuned, autotuned now, or the default.
 
@@ -186,7 +216,7 @@ class KernelSet:
         config_id = self.tuned_config_id(target, kind, bucket, aligned)
         if config_id is None:
             if settings.autotune_enabled() and len(candidates) > 1 and not _cuda.capturing():
-                config_id = self._autotune(kind, target, bucket, aligned, candidates, index, n, ptr_args, device)
+                config_id = self._autotune(kind, target, bucket, aligned, candidates, index, n, ptr_args, device, width)
             else:
                 config_id = default_config_id(candidates, aligned)
         binary = self.index.binary(kind, target, config_id)
@@ -207,13 +237,15 @@ class KernelSet:
         n: int,
         args: list[Any],
         device: torch.device,
+        width: int | None = None,
     ) -> str:
         """Time each candidate on this call's arguments; record and return the fastest."""
         stream = _cuda.stream(device)
 
         def make_run(config: KernelConfig) -> Callable[[], None]:
             fn = self._load(kind, target, self.index.binary(kind, target, config.id), index)
-            grid = config.grid(n, _cuda.sm_count(index) if config.programs_per_sm > 0 else 0)
+            grid = _capped(config.grid(n, _cuda.sm_count(index) if config.programs_per_sm > 0 else 0), 0,
+                           config.block, width)
             return lambda: fn.launch(grid, stream, args)
 
         best, timings = autotune(candidates, make_run, self._timer, device, what=f"{kind} ({target})")
@@ -242,3 +274,11 @@ class KernelSet:
             fn = launcher.load(binary.entry, cubin, self.params[kind], device)
             self._loaded[key] = fn
             return fn
+
+
+def _capped(blocks: int, cap: int, block: int, width: int | None) -> int:
+    """Programs to launch: every block, at most ``cap`` (0: no cap), at most ``width // block`` when given."""
+    grid = min(blocks, cap) if cap else blocks
+    if width is not None:
+        grid = min(grid, max(1, width // block))
+    return grid

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..codegen.save_plan import scratch_states
 from .kernel_set import KernelSet
 
 __all__ = ["StaticArg", "run_inference", "run_inference_final", "run_forward", "run_backward"]
@@ -212,6 +213,7 @@ def run_backward(
     recompute: bool = False,
     shape: Sequence[int] | None = None,
     device: torch.device | None = None,
+    want_init: bool = True,
 ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None], list[torch.Tensor | None]]:
     """Gradients of inputs, initial states and static inputs (None where not required).
 
@@ -219,9 +221,13 @@ def run_backward(
     plan's inputs, outputs, state sequences and extras; recompute mode
     (``recompute=True``) reads the plan's recompute inputs and the initial
     states, and regenerates state sequences in scratch buffers of its own
-    (the input gradient's buffer doubles as the first one). Anything else may
-    be None (a dummy pointer is passed; the kernel never reads it). ``shape``
-    (``[T, *per-step shape]``) and ``device`` are needed when no input is given.
+    (the input gradient's buffer doubles as the first one; any other is a
+    ``[T, width]`` buffer of a fraction of ``N`` columns, reused by each program
+    of a launch capped to fit it, see ``KernelSet.scratch_width``). Anything
+    else may be None (a dummy pointer is passed; the kernel never reads it).
+    ``shape`` (``[T, *per-step shape]``) and ``device`` are needed when no input
+    is given. ``want_init=False``: no initial-state gradients (the caller's
+    initial states do not require grad), none allocated or stored.
     """
     spec = ks.spec
     _check_kept(ks, inputs, outs, sseqs, extras, recompute)
@@ -236,7 +242,9 @@ def run_backward(
     ni, ns, nc = spec.num_inputs, spec.num_states, spec.num_static
     dummy = ks.dummy(device)
     grad_in = [torch.empty(shape, dtype=dtype, device=device) if req[i] else None for i in range(ni)]
-    grad_init = [torch.empty(shape[1:], dtype=dtype, device=device) if req[ni + j] else None for j in range(ns)]
+    grad_init = [
+        torch.empty(shape[1:], dtype=dtype, device=device) if req[ni + j] and want_init else None for j in range(ns)
+    ]
     grad_static_flat = [
         torch.zeros(N, dtype=torch.float32, device=device) if req[ni + ns + c] else None for c in range(nc)
     ]
@@ -250,7 +258,7 @@ def run_backward(
             for c, g in enumerate(grad_static_flat)
         ]
         return grad_in, grad_init, grad_static  # type: ignore[return-value]
-    values: dict[str, Any] = {"T": T, "N": N, "recompute": 1 if recompute else 0}
+    values: dict[str, Any] = {"T": T, "N": N, "recompute": 1 if recompute else 0, "SRS": N}
     for i in range(ni):
         x = inputs[i] if i < len(inputs) else None
         values[f"in{i}"] = x if x is not None else dummy
@@ -260,16 +268,20 @@ def run_backward(
     for c, st in enumerate(statics):
         values[f"st{c}"], values[f"st{c}_stride"] = st.tensor, st.stride
     seqs: list[torch.Tensor | None] = list(sseqs) if sseqs is not None else [None] * ns
+    width = None
     if recompute:
-        # Scratch for the regenerated state sequences; the first may live in the
-        # input gradient's buffer (read one row behind where the gradient is written).
-        spare = grad_in[0] if ni and grad_in[0] is not None else None
+        # Scratch for the regenerated state sequences: the first may live in the input
+        # gradient's buffer (read one row behind where the gradient is written), the
+        # others in [T, width] buffers whose columns each program reuses block after block.
+        spare, own = scratch_states(ks.plan.recompute_states, bool(ni) and grad_in[0] is not None)
         seqs = [None] * ns
-        for j in ks.plan.recompute_states:
-            if spare is not None:
-                seqs[j], spare = spare, None
-            else:
-                seqs[j] = torch.empty(shape, dtype=dtype, device=device)
+        if spare is not None:
+            seqs[spare] = grad_in[0]
+        if own:
+            width = ks.scratch_width(N, device)
+            values["SRS"] = width
+            for j in own:
+                seqs[j] = torch.empty((T, width), dtype=dtype, device=device)
     for i in range(spec.num_outputs):
         o = outs[i] if outs and i < len(outs) else None
         values[f"out{i}"] = o if o is not None else dummy
@@ -282,6 +294,7 @@ def run_backward(
             values[name] = dummy if g is None else g
             values[f"{name}_flag"] = 0 if g is None else 1
         values[f"ginit{j}"] = grad_init[j] if grad_init[j] is not None else dummy
+        values[f"ginit{j}_flag"] = 0 if grad_init[j] is None else 1
     for m, dt in enumerate(ks.extras):
         values[f"sav{m}"] = extras[m] if m < len(extras) else ks.dummy(device, dt)
     for i in range(ni):
@@ -289,7 +302,7 @@ def run_backward(
     for c in range(nc):
         flat = grad_static_flat[c]
         values[f"gst{c}"] = flat if flat is not None else ks.dummy(device, torch.float32)
-    ks.launch("backward", values, N, device)
+    ks.launch("backward", values, N, device, width=width)
     grad_static = [
         None if g is None else statics[c].reduce_grad(g, spec.torch_dtype)
         for c, g in enumerate(grad_static_flat)
