@@ -54,6 +54,7 @@ system-packages:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# FLEXSN_SERVICE_* variables pass through, e.g. FLEXSN_SERVICE_HTTP_WORKERS=3 make serve (default 2).
 serve: install
 	$(VENV)/bin/flexsn-cache serve
 

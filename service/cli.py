@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -74,8 +74,7 @@ def serve(
     workers: Annotated[Optional[int], typer.Option(help="builds running at once")] = None,
     http_workers: Annotated[Optional[int], typer.Option(
         "--http-workers",
-        help="uvicorn worker processes (default 1: build status and counters are per worker; "
-             "FLEXSN_SERVICE_HTTP_WORKERS)")] = None,
+        help="uvicorn worker processes (default 2, 1 on a 1-CPU host; FLEXSN_SERVICE_HTTP_WORKERS)")] = None,
 ) -> None:
     """Run the cache service (works on a fresh machine: embedded store in a local folder)."""
     require_extra("serve")
@@ -109,13 +108,37 @@ def serve(
     if http_workers == 1:
         uvicorn.run(create_app(settings), **server)
         return
-    # Several worker processes: uvicorn imports the app in each, so the settings travel as environment
-    # variables. Each worker runs its own builds; the store's build leases keep one build per spec.
+    _serve_workers(uvicorn, settings, overrides, server)
+
+
+def _serve_workers(uvicorn: Any, settings: Any, overrides: dict[str, Any], server: dict[str, Any]) -> None:
+    """Several worker processes. uvicorn spawns each and imports the app there, so the settings travel
+    as environment variables. Each worker runs its own builds: the store's build leases keep one build
+    per spec, the build slots bound them all together, and build status is shared through the store
+    (builds/shared_records.py). Counters go to prometheus_client's multiprocess files in a fresh
+    folder (metrics.py), removed when the workers are gone."""
     import os
 
-    for name, value in overrides.items():
+    from .builds.cgroup import prepare_for_workers
+    from .builds.workdir import create_work_dir, remove_work_dir
+    from .metrics import MULTIPROC_ENV
+
+    for name, value in {**overrides, "http_workers": settings.http_workers}.items():
         os.environ[f"FLEXSN_SERVICE_{name.upper()}"] = str(value)
-    uvicorn.run("flexsn_service.main:create_app", factory=True, workers=http_workers, **server)
+    # A fresh folder, set before the workers start (prometheus_client reads it when imported), never
+    # one inherited: counts left there by an earlier run would be added in. It is a work folder
+    # (workdir.py) below the service's own, so it is locked while serve runs and removed by the next
+    # serve if this one is killed.
+    folder = create_work_dir(settings.work_root / "metrics", subdirs=())
+    os.environ[MULTIPROC_ENV] = str(folder)
+    if settings.jail_cgroups != "off":
+        note = prepare_for_workers()  # cgroup v2: all workers in one leaf, so each can have build cgroups
+        if note:
+            console.print(note, highlight=False, markup=False, soft_wrap=True)
+    try:
+        uvicorn.run("flexsn_service.main:create_app", factory=True, workers=settings.http_workers, **server)
+    finally:
+        remove_work_dir(folder)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)

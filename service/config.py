@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -12,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flexsn_core.compile import KernelConfig, parse_target
 
-__all__ = ["Settings", "get_settings", "parse_configs", "parse_size"]
+__all__ = ["Settings", "get_settings", "parse_configs", "parse_size", "default_http_workers", "usable_cpus"]
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -24,6 +25,21 @@ def parse_size(text: str) -> int:
     if not match:
         raise ValueError(f"not a size: {text!r} (try 500M or 2G)")
     return int(float(match.group(1)) * 1024 ** " kmgt".index(match.group(2).lower() or " "))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which taskset and cpusets narrow)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_http_workers() -> int:
+    """2 (1 on a 1-CPU host): on 2 cores the read target was met with 2 or 3 workers and missed with 1,
+    and 3 was no faster than 2 (README "How reads are served"); a second worker on one CPU only
+    competes with the first, and every worker adds its own read cache and spare build workers."""
+    return min(2, usable_cpus())
 
 
 def parse_configs(text: str) -> list[KernelConfig]:
@@ -59,8 +75,8 @@ class Settings(BaseSettings):
     ``FLEXSN_SERVICE_FAILED_BUILD_TTL_S``: how long a failed build is answered from memory
     ``FLEXSN_SERVICE_MAX_IR_BYTES`` the most a jail may print (its IR)
     ``FLEXSN_SERVICE_MAX_BYTES``    the store's size limit (``500M``, ``20G``; unset: none): LRU kernels are evicted
-    ``FLEXSN_SERVICE_HTTP_WORKERS`` uvicorn worker processes (each with its own builds; one build per spec still);
-                                    default 1 (build status and counters are per worker)
+    ``FLEXSN_SERVICE_HTTP_WORKERS`` uvicorn worker processes (default: 2, or 1 on a 1-CPU host); build status,
+                                    stats and metrics are shared by them, builds stay one per spec
     ``FLEXSN_SERVICE_BUILD_LEASE_S``: how long a dead replica's build blocks the others before one takes it over
     ``FLEXSN_SERVICE_READ_CACHE_MB``: verified blobs and manifests kept in memory (per worker)
     ``FLEXSN_SERVICE_MANIFEST_TTL_S``: how long a manifest is served from memory before its digest is checked
@@ -100,10 +116,9 @@ class Settings(BaseSettings):
     max_ir_bytes: int = Field(default=16 << 20, ge=1 << 16)
     #: The store's size limit in bytes (``500M``, ``20G`` accepted); None: no limit.
     max_bytes: int | None = None
-    #: uvicorn worker processes. 1 by default: build records (GET /v1/builds/{id}), /v1/stats and
-    #: /metrics live in each worker's memory, so with several a poll may reach a worker that never saw
-    #: the build (README "How reads are served" has the figures and the trade-off).
-    http_workers: int = Field(default=1, ge=1, le=64)
+    #: uvicorn worker processes (default_http_workers). Build status, /v1/stats, the status page and
+    #: /metrics answer the same on every worker (shared records, prometheus multiprocess files).
+    http_workers: int = Field(default_factory=default_http_workers, ge=1, le=64)
     build_lease_s: float = Field(default=15.0, ge=1.0)
     read_cache_mb: int = Field(default=256, ge=0)
     manifest_ttl_s: float = Field(default=1.0, ge=0)
@@ -156,6 +171,13 @@ class Settings(BaseSettings):
     def store_directory(self) -> Path | None:
         scheme, _, rest = self.store.partition(":")
         return Path(rest) if scheme == "disk" else None
+
+    @property
+    def work_root(self) -> Path:
+        """Where the service writes besides the store: ``<store>/work`` (``./flexsn-work/work`` beside a
+        Redis store): each process's work folder, the file leases and shared records, the build slots,
+        and the metrics folder of several HTTP workers."""
+        return ((self.store_directory or Path("flexsn-work")) / "work").resolve()
 
 
 @functools.lru_cache(maxsize=1)

@@ -24,6 +24,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
             "request_id": request_id.get(),
+            "pid": record.process,  # which HTTP worker (serve --http-workers N)
         }
         for key in ("method", "path", "status", "ms", "client"):
             if hasattr(record, key):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,6 +30,9 @@ from .builds.cgroup import detect as detect_cgroups
 from .builds.jail import Jail, JailLimits, JailUnavailable
 from .builds.leases import leases_for
 from .builds.manager import BuildManager
+from .builds.records import keep_window
+from .builds.shared_records import shared_records_for
+from .builds.slots import BuildSlots
 from .builds.source_check_pool import SourceCheckPool
 from .config import Settings, get_settings
 from .logs import RequestContextMiddleware, configure_logging
@@ -62,6 +65,11 @@ def _check_processes() -> int:
     return 1 if (os.cpu_count() or 1) <= 4 else 2
 
 
+def spare_workers(settings: Settings) -> int:
+    """Warmed-up jail (and compile) workers each HTTP worker keeps: its share of the build slots."""
+    return max(1, math.ceil(settings.workers / settings.http_workers))
+
+
 def start_jail(settings: Settings) -> Jail:
     """The build jail, checked by running it once; raises JailUnavailable (the service must not start)."""
     cgroups: Cgroups | None = None
@@ -82,7 +90,8 @@ def start_jail(settings: Settings) -> Jail:
         pids=settings.build_pids,
         scratch_bytes=settings.build_scratch_mb << 20,
         cpu_seconds=int(settings.build_timeout_s) + 30,
-        concurrency=2 * settings.workers + 2,
+        # jails at once on this host: every HTTP worker's spares, plus the builds of the shared slots
+        concurrency=settings.http_workers * spare_workers(settings) + settings.workers + 2,
     )
     try:
         jail = Jail(bwrap=settings.jail_bwrap, limits=limits, cgroups=cgroups, jail_uid=settings.jail_uid)
@@ -109,6 +118,22 @@ async def _flush_reads(reads: ReadCache, every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
         await asyncio.to_thread(_flush_once, reads)
+
+
+def _save_history(metrics: ServiceMetrics) -> None:
+    try:
+        metrics.save_history()
+    except OSError as exc:  # the chart misses this worker's last second: try again next time
+        logger.warning("writing this worker's hits per minute failed: %s", exc)
+
+
+async def _share_metrics(metrics: ServiceMetrics, every_s: float = 1.0) -> None:
+    """With several HTTP workers: fold the fast path's counts into the shared counters and write the
+    per-minute history every ``every_s``, so a scrape answered by another worker is at most that old."""
+    while True:
+        await asyncio.sleep(every_s)
+        metrics.fold_fast_reads()  # on the event loop, where the fast path counts
+        await asyncio.to_thread(_save_history, metrics)
 
 
 def _route_id(route: APIRoute) -> str:
@@ -145,11 +170,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tokens = load_tokens(settings.tokens)
         gpu_target = local_gpu_target() if settings.use_gpu else None
         targets = [gpu_target] if gpu_target else sorted({canonical_target(t) for t in settings.target_list})
-        work_root = ((settings.store_directory or Path("flexsn-work")) / "work").resolve()
+        work_root = settings.work_root
         # One build per (key, targets) across the replicas and workers sharing the store.
         replica = f"{socket.gethostname()}-{os.getpid()}"
         leases = leases_for(store, replica=replica, lease_s=settings.build_lease_s,
                             folder=work_root / "leases")  # beside the replicas' work folders, shared by them
+        # Build status every worker and replica answers from (Redis, or files beside the leases).
+        shared = shared_records_for(store, folder=work_root / "leases" / "status",
+                                    keep_s=keep_window(settings.failed_build_ttl_s))
         limit = SizeLimit(store, settings.max_bytes, leases) if settings.max_bytes else None
         manager = BuildManager(
             store,
@@ -167,10 +195,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_ir_bytes=settings.max_ir_bytes,
             leases=leases,
             after_store=limit.enforce if limit is not None else None,
+            shared=shared,
+            # at most `workers` builds at once among every process on this host's work folder
+            slots=BuildSlots(work_root / "slots", settings.workers),
+            spares=spare_workers(settings),
         )
         manager.start()
         reads = ReadCache(store, max_bytes=settings.read_cache_mb << 20, ttl_s=settings.manifest_ttl_s)
         flusher = asyncio.get_running_loop().create_task(_flush_reads(reads, settings.touch_flush_s))
+        sharer = asyncio.get_running_loop().create_task(_share_metrics(metrics)) if metrics.multiprocess else None
         if limit is not None:
             await asyncio.to_thread(manager._enforce_limit)  # a lowered limit applies at once
         metrics.watch_store(store.stats)
@@ -183,7 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "auth: no tokens configured (FLEXSN_SERVICE_TOKENS); serving localhost clients only, without auth"
             )
         logger.info(
-            "store %s%s; builds for %s%s; %d worker(s), %gs / %d MB per build",
+            "store %s%s; builds for %s%s; %d build slot(s) on this host, %gs / %d MB per build",
             settings.store if "@" not in settings.store else settings.store.split("://")[0] + "://***",
             f" (size limit {settings.max_bytes} bytes)" if settings.max_bytes else "", ",".join(targets), " (autotuned on this GPU)" if gpu_target else " (cross-compiled)",
             settings.workers, settings.build_timeout_s, settings.build_memory_mb,
@@ -191,8 +224,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
+            for task in (flusher, sharer):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+            metrics.fold_fast_reads()
+            await asyncio.to_thread(_save_history, metrics)
             await asyncio.to_thread(_flush_once, reads)
             await manager.shutdown()
             await checks.close()

@@ -1,8 +1,10 @@
 """What the service is doing, in one place: read by ``GET /v1/stats`` and the status page.
 
 Everything here is read-only. The store is a blocking API: callers run
-:func:`gather` in a worker thread, after reading the build records on the
-event loop (``BuildManager.activity``).
+:func:`gather` in a worker thread, after reading the build records
+(``BuildManager.activity``: this process's on the event loop, every other
+worker's and replica's from the shared records). Counters and the chart are
+every HTTP worker's of this ``serve`` (``metrics.py``).
 """
 
 from __future__ import annotations
@@ -93,19 +95,21 @@ def gather(ctx: Any, builds: BuildActivity) -> Overview:
     """
     m = ctx.metrics
     size = ctx.store.stats()
+    counts = m.values("flexsn_cache_hits", "flexsn_cache_misses", "flexsn_builds_started",
+                      "flexsn_builds_succeeded", "flexsn_builds_failed")
     return Overview(
-        hits=m.value("flexsn_cache_hits"),
-        misses=m.value("flexsn_cache_misses"),
-        builds_started=m.value("flexsn_builds_started"),
-        builds_succeeded=m.value("flexsn_builds_succeeded"),
-        builds_failed=m.value("flexsn_builds_failed"),
+        hits=counts["flexsn_cache_hits"],
+        misses=counts["flexsn_cache_misses"],
+        builds_started=counts["flexsn_builds_started"],
+        builds_succeeded=counts["flexsn_builds_succeeded"],
+        builds_failed=counts["flexsn_builds_failed"],
         kernels=size["kernels"],
         bytes=size["bytes"],
         # the LRU size limit arrives with the scale-out work (FLEXSN_SERVICE_MAX_BYTES); until then: none
         max_bytes=getattr(ctx.settings, "max_bytes", None),
         store=store_kind(ctx.settings.store),
-        started=m.started,
+        started=m.first_started(),
         builds=builds,
         census=census(ctx.store),
-        history=m.history.series(),
+        history=m.series(),
     )

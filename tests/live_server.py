@@ -44,7 +44,9 @@ class Server:
         return self.log.read_text(errors="replace")
 
     def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
+        """kill -9 the service: ``serve`` and its HTTP workers (its process group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
 
     def wait_build(self, client: httpx.Client, build_id: str, timeout: float = 300.0) -> dict:

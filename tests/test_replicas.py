@@ -37,8 +37,11 @@ def _spec(tau: float, *, sleep_s: float = 0.0) -> dict:
 @contextlib.contextmanager
 def _replicas(root: Path, store: str, count: int = 2, **settings: str) -> Iterator[list[Server]]:
     with contextlib.ExitStack() as stack:
+        # one HTTP worker each: a replica here is one process (the kill -9 test kills the lease holder's);
+        # several workers of one serve are tests/test_workers.py's
         yield [stack.enter_context(live_server(root / f"replica{i}", store=store, build_lease_s=LEASE_S,
-                                               source_check="0", **settings)) for i in range(count)]
+                                               source_check="0", http_workers="1", **settings))
+               for i in range(count)]
 
 
 def _builds_started(servers: list[Server]) -> int:
@@ -164,8 +167,9 @@ def test_a_client_polling_the_replica_that_did_not_start_the_build_still_gets_th
     shared: tuple[list[Server], str], tmp_path: Path,
 ) -> None:
     """A load balancer (or several HTTP workers) sends the build's POST to one replica and its
-    polls to another, which has no record of that build id: the client asks for the spec again,
-    waiting, and joins the one build wherever it runs."""
+    polls to another. That one answers from the shared records (Redis); where it has no record of
+    the build id at all (the record expired, or its replica died) the client asks for the spec
+    again, waiting, and joins the one build wherever it runs."""
     from flexsn_client.api import BuildUnknownError, ServiceAPI
     from flexsn_client.cache import KernelCacheClient
 
@@ -184,6 +188,10 @@ def test_a_client_polling_the_replica_that_did_not_start_the_build_still_gets_th
 
     code, body = first.request_kernels(spec)
     assert code == 202
+    assert second.get_build(body["build_id"])["build_id"] == body["build_id"]  # shared: known everywhere
+    # forget it everywhere but on the first replica (its record in memory), as if it had expired
+    servers_store = RedisStore(shared[1])
+    servers_store.client.delete(servers_store.name("status", body["build_id"]))
     with pytest.raises(BuildUnknownError):
         second.get_build(body["build_id"])
     before = _builds_started(servers)

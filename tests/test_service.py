@@ -65,9 +65,12 @@ def test_concurrent_identical_requests_share_one_build(server: Server) -> None:
         with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
             responses = list(pool.map(post, range(20)))
         assert all(r.status_code == 202 for r in responses), [r.status_code for r in responses]
-        assert len({r.json()["build_id"] for r in responses}) == 1
+        # one record per HTTP worker asked (the default is 2), for one build: every id answers anywhere
+        ids = {r.json()["build_id"] for r in responses}
+        assert 1 <= len(ids) <= 2
         assert http.get("/v1/stats").json()["builds_started"] == before + 1
-        assert server.wait_build(http, responses[0].json()["build_id"])["state"] == "succeeded"
+        for build_id in ids:
+            assert server.wait_build(http, build_id)["state"] == "succeeded"
 
 
 def test_wait_true_returns_the_manifest(server: Server) -> None:

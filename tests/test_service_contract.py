@@ -61,7 +61,7 @@ class FakeBuilds:
         self.next_state = "queued"
         self.requested: list[tuple[str, list[str]]] = []
 
-    def request(self, spec: KernelSpec, targets: list[str]) -> tuple[FakeRecord, bool]:
+    async def request(self, spec: KernelSpec, targets: list[str]) -> tuple[FakeRecord, bool]:
         self.requested.append((spec.key, targets))
         record = FakeRecord(spec.key, targets, state=self.next_state)
         if self.next_state == "failed":
@@ -74,7 +74,11 @@ class FakeBuilds:
     def get(self, build_id: str) -> FakeRecord | None:
         return self.records.get(build_id)
 
-    def activity(self) -> BuildActivity:
+    async def status(self, build_id: str) -> dict[str, Any] | None:
+        record = self.records.get(build_id)
+        return record.to_dict() if record is not None else None
+
+    async def activity(self) -> BuildActivity:
         records = list(self.records.values())
         return BuildActivity([r for r in records if r.state in ("queued", "running")],
                              [r for r in records if r.state == "failed"])

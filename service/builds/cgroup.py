@@ -14,7 +14,9 @@ in, and one child per jail with:
   the memory and pids controllers available); if the service is the only
   process in it, it moves itself into a ``flexsn-service`` leaf so that the
   controllers can be enabled for its children (cgroup v2's "no internal
-  processes" rule).
+  processes" rule). With several HTTP workers, ``serve`` does that move before
+  it starts them (:func:`prepare_for_workers`), so they all run in the leaf and
+  each makes its own subtree beside it.
 
 The launcher (``launcher.py``) writes its pid into the child's
 ``cgroup.procs`` before it execs bwrap, so every process of the jail is
@@ -37,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["CgroupUnavailable", "BuildCgroup", "Cgroups", "detect"]
+__all__ = ["CgroupUnavailable", "BuildCgroup", "Cgroups", "detect", "prepare_for_workers"]
 
 _CONTROLLERS = ("memory", "pids")
 _SUBTREE_PREFIX = "flexsn-"
@@ -218,11 +220,64 @@ def _detect_v1(own: dict[str, str], mounts: list) -> Cgroups:
     return _make_bases(Cgroups(1, bases))
 
 
-def _detect_v2(own: dict[str, str], mounts: list) -> Cgroups:
+def _v2_own(own: dict[str, str], mounts: list) -> Path:
     mount = next((m for m in mounts if m[2] == "cgroup2"), None)
     if mount is None or "" not in own:
         raise CgroupUnavailable("no cgroup v2 hierarchy is mounted")
-    parent = _join(mount[0], mount[1], own[""])
+    return _join(mount[0], mount[1], own[""])
+
+
+def _v2_parent(own: dict[str, str], mounts: list) -> Path:
+    """The cgroup v2 folder our subtrees go into: our own cgroup, or, when we run in the
+    ``flexsn-service`` leaf made by us (or by ``serve`` for its workers), the leaf's parent."""
+    parent = _v2_own(own, mounts)
+    if parent.name == _SERVICE_LEAF and _controllers_enabled(parent.parent):
+        return parent.parent
+    return parent
+
+
+def _controllers_enabled(folder: Path) -> bool:
+    try:
+        enabled = set((folder / "cgroup.subtree_control").read_text().split())
+    except OSError:
+        return False
+    return all(c in enabled for c in _CONTROLLERS)
+
+
+def prepare_for_workers(proc_self: Path = Path("/proc/self")) -> str | None:
+    """Before ``serve`` starts several workers, on cgroup v2: move itself into the ``flexsn-service``
+    leaf and enable the controllers for its cgroup's children, so that the workers (started in the
+    leaf) can each make build cgroups beside it. Without this the first worker would find the others
+    in its cgroup and fall back to rlimits. Best effort: where it cannot (cgroup v1 needs nothing;
+    not delegated; other processes), the workers decide as one process would and say why.
+    Returns a line to print, or None."""
+    try:
+        own = _own_cgroups(proc_self)
+        mounts = _mounts(proc_self)
+        if any(m[2] == "cgroup" and "memory" in m[3] for m in mounts) and "memory" in own:
+            return None  # v1: no "no internal processes" rule, each worker's subtree sits below our cgroup
+        parent = _v2_parent(own, mounts)
+        if parent != _v2_own(own, mounts) or _controllers_enabled(parent):
+            return None  # already in our leaf, or the controllers are enabled (a delegated tree)
+        members = {int(p) for p in (parent / "cgroup.procs").read_text().split()}
+        if members - {os.getpid()}:
+            return None  # the workers will report it (CgroupUnavailable: other processes)
+        _enter_leaf(parent)
+    except (OSError, ValueError, CgroupUnavailable) as exc:
+        return f"cgroups for builds not prepared for several workers ({exc}); each worker decides on its own"
+    return None
+
+
+def _enter_leaf(parent: Path) -> None:
+    """Move this process into ``parent/flexsn-service`` and enable the controllers for parent's children."""
+    leaf = parent / _SERVICE_LEAF
+    leaf.mkdir(exist_ok=True)
+    (leaf / "cgroup.procs").write_text(str(os.getpid()))
+    (parent / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in _CONTROLLERS))
+
+
+def _detect_v2(own: dict[str, str], mounts: list) -> Cgroups:
+    parent = _v2_parent(own, mounts)
     available = set((parent / "cgroup.controllers").read_text().split())
     missing = [c for c in _CONTROLLERS if c not in available]
     if missing:
@@ -235,10 +290,7 @@ def _detect_v2(own: dict[str, str], mounts: list) -> Cgroups:
                 f"cgroup v2 at {parent} holds other processes, so its controllers cannot be enabled for "
                 "children; give the service a delegated cgroup of its own (e.g. systemd Delegate=yes)"
             )
-        leaf = parent / _SERVICE_LEAF
-        leaf.mkdir(exist_ok=True)
-        (leaf / "cgroup.procs").write_text(str(os.getpid()))
-        (parent / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in _CONTROLLERS))
+        _enter_leaf(parent)
     _remove_stale(parent)
     cgroups = _make_bases(Cgroups(2, [parent / _subtree_name()]))
     (cgroups.bases[0] / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in _CONTROLLERS))

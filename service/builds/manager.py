@@ -23,6 +23,13 @@ runs; a replica that finds the lease taken waits for the manifest to appear in
 the store (or a shared failure), and takes the build over if the lease comes
 free without one (its holder died). After each store write the size limit is
 enforced (``store/limit.py``).
+
+Across HTTP workers on one host: at most ``workers`` builds run at once among
+them all (``slots.py``), and each keeps ``spares`` warmed-up workers. Every
+record's public state is published to the store's shared records
+(``shared_records.py``) on each state change, its progress at most every
+``publish_every_s`` and a heartbeat every ``heartbeat_s``, so ``status`` and
+``activity`` answer the same on every worker and replica.
 """
 
 from __future__ import annotations
@@ -35,9 +42,10 @@ import shutil
 import sys
 import time
 import uuid
-from pathlib import Path
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from flexsn_core.artifacts import sha256_hex
 from flexsn_core.compile import KernelConfig
@@ -52,11 +60,13 @@ from .leases import Leases, lease_name
 from .outcome import worker_outcome
 from .pool import SparePool
 from .process import Worker, WorkerResult
-from .records import BuildFailure, BuildRecord, RecordBook
+from .records import BuildFailure, BuildRecord, BuildView, RecordBook, keep_window
 from .replicas import ReplicaCoordinator
+from .shared_records import SharedBuild, SharedRecords
+from .slots import BuildSlots
 from .workdir import create_work_dir, remove_work_dir
 
-__all__ = ["BuildRecord", "BuildFailure", "BuildManager", "BuildActivity"]
+__all__ = ["BuildRecord", "BuildFailure", "BuildManager", "BuildActivity", "BuildView"]
 
 logger = logging.getLogger("flexsn_service.builds")
 
@@ -64,13 +74,27 @@ logger = logging.getLogger("flexsn_service.builds")
 _TRUSTED_OUTPUT_BYTES = 1 << 20
 
 
-class BuildActivity(NamedTuple):
-    """What the builds are doing, for /v1/stats and the status page."""
+@dataclass(frozen=True)
+class BuildActivity:
+    """What the builds are doing, for /v1/stats and the status page (records that only follow another
+    replica's build of their spec are not builds of their own: not listed)."""
 
     #: queued or running, oldest first
-    in_flight: list[BuildRecord]
-    #: failed within the window, newest first
-    recent_failures: list[BuildRecord]
+    in_flight: list[BuildView]
+    #: failed within the window, newest first (at most the ``limit`` asked for)
+    recent_failures: list[BuildView]
+    #: how many failed within the window (None: as many as listed)
+    failed_count: int | None = None
+
+    @property
+    def failures_in_window(self) -> int:
+        return len(self.recent_failures) if self.failed_count is None else self.failed_count
+
+
+def _shared_view(found: SharedBuild) -> BuildView:
+    s = found.status
+    return BuildView(s.build_id, s.key, found.entry, list(s.targets), s.state, str(s.progress.get("stage", "")),
+                     s.created, s.finished, s.error_type)
 
 
 class BuildManager:
@@ -93,6 +117,11 @@ class BuildManager:
         leases: Leases | None = None,
         after_store: Callable[[], object] | None = None,
         poll_s: float = 0.25,
+        shared: SharedRecords | None = None,
+        slots: BuildSlots | None = None,
+        spares: int | None = None,
+        heartbeat_s: float = 10.0,
+        publish_every_s: float = 0.5,
     ) -> None:
         self.store = store
         self.jail = jail
@@ -104,7 +133,7 @@ class BuildManager:
         self.tune_on_gpu = tune_on_gpu
         self.metrics = metrics
         self.configs = configs
-        self.book = RecordBook(failure_ttl_s=failure_ttl_s, keep_s=max(3600.0, failure_ttl_s))
+        self.book = RecordBook(failure_ttl_s=failure_ttl_s, keep_s=keep_window(failure_ttl_s))
         self.work_dir = create_work_dir(work_root)
         self.leases = leases
         #: called (in a thread) after each build's store write: the size limit
@@ -113,17 +142,31 @@ class BuildManager:
             ReplicaCoordinator(store, leases, timeout_s=timeout_s, poll_s=poll_s, failure_ttl_s=failure_ttl_s)
             if leases is not None else None
         )
-        self._slots = asyncio.Semaphore(workers)
+        self._slots = slots
+        self._local_slots = asyncio.Semaphore(workers)  # without shared slots: this process's own
+        #: published records of every process on the store (None: this process's records only)
+        self.shared = shared
+        self.heartbeat_s = heartbeat_s
+        self.publish_every_s = publish_every_s
+        #: a shared record in flight not published for this long is treated as gone (its process died)
+        self.stale_s = 3 * heartbeat_s
+        self._published: dict[str, tuple[str, float]] = {}  # id -> (what was published, when: monotonic)
+        self._publish_lock = asyncio.Lock()
+        self._publish_warned = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         # Two builds of one key (different targets) may finish together: merge their binaries one at a time.
         self._active: set[Worker] = set()
         self._closing = False
-        self._tracers = SparePool("jail", self._start_tracer, workers)
-        self._compilers = SparePool("compile", self._start_compiler, workers)
+        spare_count = workers if spares is None else spares
+        self._tracers = SparePool("jail", self._start_tracer, spare_count)
+        self._compilers = SparePool("compile", self._start_compiler, spare_count)
+        self._publisher: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------- requests
-    def request(self, spec: KernelSpec, targets: list[str]) -> tuple[BuildRecord, bool]:
-        """The build of ``spec`` (joining one in flight, or a recent failure); True if this call started it."""
+    async def request(self, spec: KernelSpec, targets: list[str]) -> tuple[BuildRecord, bool]:
+        """The build of ``spec`` (joining one in flight, or a recent failure); True if this call started it.
+
+        A new build's record is published before this returns, so its id answers on every worker."""
         record = self.book.current(spec.key, targets)
         if record is not None:
             return record, False
@@ -132,31 +175,88 @@ class BuildManager:
         task = asyncio.get_running_loop().create_task(self._run(record))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        await self._publish(record, force=True)
         return record, True
 
     def get(self, build_id: str) -> BuildRecord | None:
+        """This process's record of ``build_id``."""
         return self.book.get(build_id)
 
-    def activity(self, window_s: float = 3600.0) -> BuildActivity:
-        """Builds in flight and the ones that failed in the last ``window_s`` (read-only)."""
+    async def status(self, build_id: str) -> dict[str, Any] | None:
+        """``build_id``'s public state (``BuildStatus``): this process's record, else the shared one."""
+        record = self.book.get(build_id)
+        if record is not None:
+            return record.to_dict()
+        if self.shared is None:
+            return None
+        found = await asyncio.to_thread(self._shared_get, build_id)
+        return found.status.model_dump() if found is not None else None
+
+    def _shared_get(self, build_id: str) -> SharedBuild | None:
+        assert self.shared is not None
+        try:
+            found = self.shared.get(build_id)
+        except Exception as exc:  # noqa: BLE001 - a backend that fails reads as "no such record", never a 500
+            logger.warning("reading the shared record of build %s failed: %s", build_id[:64], exc)
+            return None
+        if found is not None and found.in_flight and found.beat < time.time() - self.stale_s:
+            return None  # in flight, but its process stopped publishing: it is gone (POST the spec again)
+        return found
+
+    def local_activity(self, window_s: float = 3600.0) -> BuildActivity:
+        """This process's builds in flight and the ones that failed in the last ``window_s`` (event loop)."""
         now = time.time()
-        records = list(self.book.records.values())
-        failed = [r for r in records if r.state == "failed" and r.finished is not None and now - r.finished < window_s]
+        own = [r for r in self.book.records.values() if not r.joined]
+        failed = [r for r in own if r.state == "failed" and r.finished is not None and now - r.finished < window_s]
         return BuildActivity(
-            in_flight=sorted((r for r in records if r.finished is None), key=lambda r: r.created),
-            recent_failures=sorted(failed, key=lambda r: r.finished or 0.0, reverse=True),
+            in_flight=[r.view() for r in sorted((r for r in own if r.finished is None), key=lambda r: r.created)],
+            recent_failures=[r.view() for r in sorted(failed, key=lambda r: r.finished or 0.0, reverse=True)],
+        )
+
+    async def activity(self, window_s: float = 3600.0, limit: int = 50) -> BuildActivity:
+        """Builds in flight and failed in the last ``window_s`` on every worker and replica of the store
+        (this process's only, where the shared records cannot be read)."""
+        local = self.local_activity(window_s)  # on the event loop, where records change
+        if self.shared is None:
+            return BuildActivity(local.in_flight, local.recent_failures[:limit], len(local.recent_failures))
+        return await asyncio.to_thread(self._merge, local, window_s, limit)
+
+    def _merge(self, local: BuildActivity, window_s: float, limit: int) -> BuildActivity:
+        assert self.shared is not None
+        try:
+            running = self.shared.in_flight(self.stale_s)
+            count, failed = self.shared.failures(window_s, limit)
+        except Exception as exc:  # noqa: BLE001 - the page still shows this process's builds
+            logger.warning("reading the shared build records failed: %s", exc)
+            return BuildActivity(local.in_flight, local.recent_failures[:limit], len(local.recent_failures))
+        in_flight = {v.id: v for v in local.in_flight}
+        for found in running:
+            in_flight.setdefault(found.build_id, _shared_view(found))
+        failures = {v.id: v for v in local.recent_failures}
+        for found in failed:
+            failures.setdefault(found.build_id, _shared_view(found))
+        return BuildActivity(
+            in_flight=sorted(in_flight.values(), key=lambda v: v.created),
+            recent_failures=sorted(failures.values(), key=lambda v: v.finished or 0.0, reverse=True)[:limit],
+            # every failure of this process is published before its record is finished
+            failed_count=max(count, len(local.recent_failures)),
         )
 
     def start(self) -> None:
-        """Start the warmed-up spare workers (call from the running event loop)."""
+        """Start the warmed-up spare workers and the publisher (call from the running event loop)."""
         self._tracers.refill()
         self._compilers.refill()
+        if self.shared is not None:
+            self._publisher = asyncio.get_running_loop().create_task(self._publish_loop())
 
     async def shutdown(self) -> None:
         self._closing = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._publisher is not None:  # after the builds: their final states are published
+            self._publisher.cancel()
+            await asyncio.gather(self._publisher, return_exceptions=True)
         await asyncio.gather(self._tracers.close(), self._compilers.close(),
                              *(w.dispose() for w in list(self._active)), return_exceptions=True)
         if self.jail.cgroups is not None:
@@ -178,9 +278,10 @@ class BuildManager:
                     return
                 renewer = asyncio.get_running_loop().create_task(self.replicas.renew(record, lease))
             self.metrics.builds_started.inc()
-            async with self._slots:
+            async with self._slot():
                 record.state, record.started = "running", time.time()
                 record.progress = {"stage": "starting", "done": 0, "total": 0}
+                await self._publish(record, force=True)
                 began = time.perf_counter()
                 ir = await self._trace(record)
                 traced = time.perf_counter()
@@ -219,10 +320,53 @@ class BuildManager:
                 renewer.cancel()
             if lease is not None and self.replicas is not None:
                 await asyncio.shield(asyncio.to_thread(self.replicas.settle, record, lease, name, remember))
+            # the final state is published before anyone waiting on this record wakes up
+            record.finished = time.time()
+            await asyncio.shield(self._publish(record, force=True))
             self.book.finish(record, remember_failure=remember)
             if not self._closing:  # replace the used workers now that the build no longer needs the CPUs
                 self._tracers.refill()
                 self._compilers.refill()
+
+    def _slot(self) -> Any:
+        return self._slots.slot() if self._slots is not None else self._local_slots
+
+    # ----------------------------------------------------------- shared records
+    async def _publish(self, record: BuildRecord, *, force: bool = False) -> None:
+        """Publish ``record``'s state if it changed (or ``force``: a state change), or for a heartbeat.
+
+        One publish at a time, and the state read inside the lock, so an older state never lands
+        after a newer one. A backend that fails is logged (once a minute) and never fails a build."""
+        if self.shared is None:
+            return
+        async with self._publish_lock:
+            status = record.to_dict()
+            seen = json.dumps([status, record.joined], sort_keys=True, default=str)
+            last = self._published.get(record.id)
+            now = time.monotonic()
+            if not force and last is not None and last[0] == seen and now - last[1] < self.heartbeat_s:
+                return
+            try:
+                shared = self.shared.record(status, entry=record.spec.entry, joined=record.joined)
+                await asyncio.to_thread(self.shared.publish, shared)
+            except Exception as exc:  # noqa: BLE001 - shared status is a convenience; the build goes on
+                if now - self._publish_warned > 60:
+                    self._publish_warned = now
+                    logger.warning("publishing build %s's state to the shared records failed: %s", record.id, exc)
+                return
+            if record.finished is None:
+                self._published[record.id] = (seen, now)
+            else:
+                self._published.pop(record.id, None)
+
+    async def _publish_loop(self) -> None:
+        """Progress (at most every ``publish_every_s``) and heartbeats of the builds in flight here."""
+        while True:
+            await asyncio.sleep(self.publish_every_s)
+            for records in list(self.book.inflight.values()):
+                for record in list(records):
+                    if record.finished is None:
+                        await self._publish(record)
 
     def _fail(self, record: BuildRecord, message: str, error_type: str, user_error: bool) -> None:
         record.state, record.error, record.error_type, record.user_error = "failed", message, error_type, user_error

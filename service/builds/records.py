@@ -17,9 +17,26 @@ from typing import Any
 
 from flexsn_core.spec import KernelSpec
 
-__all__ = ["BuildRecord", "BuildFailure", "RecordBook", "LOG_TAIL_LINES"]
+__all__ = ["BuildRecord", "BuildView", "BuildFailure", "RecordBook", "LOG_TAIL_LINES", "WAITING_STAGE", "keep_window"]
 
 LOG_TAIL_LINES = 40
+#: the progress stage of a record that waits for another replica's (or worker's) build of its spec
+WAITING_STAGE = "waiting for another replica"
+
+
+@dataclass(frozen=True)
+class BuildView:
+    """What the status page and /v1/stats show of a build: from this process's record or a shared one."""
+
+    id: str
+    key: str
+    entry: str
+    targets: list[str]
+    state: str
+    stage: str
+    created: float
+    finished: float | None
+    error_type: str | None
 
 
 @dataclass
@@ -41,6 +58,13 @@ class BuildRecord:
     started: float | None = None
     finished: float | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: True while this record follows another replica's build of its spec (and after, if it ended with
+    #: that build's result): not a build of its own, so not listed as one (shared_records.py)
+    joined: bool = False
+
+    def view(self) -> BuildView:
+        return BuildView(self.id, self.key, self.spec.entry, list(self.targets), self.state,
+                         str(self.progress.get("stage", "")), self.created, self.finished, self.error_type)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +83,11 @@ class BuildRecord:
             "started": self.started,
             "finished": self.finished,
         }
+
+
+def keep_window(failure_ttl_s: float) -> float:
+    """How long finished records are kept (here and in the shared records): an hour, or the failure TTL."""
+    return max(3600.0, failure_ttl_s)
 
 
 class BuildFailure(Exception):
@@ -120,7 +149,8 @@ class RecordBook:
         self.inflight.setdefault(record.key, []).append(record)
 
     def finish(self, record: BuildRecord, *, remember_failure: bool) -> None:
-        record.finished = time.time()
+        if record.finished is None:  # the manager sets it before it publishes the final state
+            record.finished = time.time()
         running = [r for r in self.inflight.get(record.key, ()) if r is not record]
         if running:
             self.inflight[record.key] = running

@@ -17,7 +17,7 @@ from flexsn_core.manifest import targets_of
 
 from ..store import Store
 from .leases import Leases
-from .records import BuildFailure, BuildRecord
+from .records import WAITING_STAGE, BuildFailure, BuildRecord
 
 __all__ = ["ReplicaCoordinator"]
 
@@ -49,11 +49,14 @@ class ReplicaCoordinator:
         while True:
             if await asyncio.to_thread(lease.try_acquire):
                 # the holder may have finished between our miss and now
-                return await asyncio.to_thread(self.stored, record)
+                stored = await asyncio.to_thread(self.stored, record)
+                record.joined = stored  # else it is built here: a build of its own (a takeover, maybe)
+                return stored
             if not waiting:
                 waiting = True
+                record.joined = True
                 holder = await asyncio.to_thread(lease.holder)
-                record.progress = {"stage": "waiting for another replica", "done": 0, "total": 0}
+                record.progress = {"stage": WAITING_STAGE, "done": 0, "total": 0}
                 logger.info("build %s of %s: replica %s is building it; waiting", record.id, record.key[:12], holder)
             if await asyncio.to_thread(self.stored, record):
                 return True
@@ -64,6 +67,7 @@ class ReplicaCoordinator:
                 raise BuildFailure(str(failed["error"]), str(failed.get("error_type") or "Error"),
                                    bool(failed.get("user_error")), op=record.error_op, line=record.error_line)
             if time.monotonic() > deadline:
+                record.joined = False  # a failure of this wait, not an echo of the other build's
                 raise BuildFailure("another replica's build of this spec did not finish in time",
                                    "Timeout", False, remember=False)
             await asyncio.sleep(self.poll_s)

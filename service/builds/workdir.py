@@ -49,7 +49,7 @@ def _owner_gone(folder: Path) -> bool:
     return True
 
 
-def create_work_dir(root: Path) -> Path:
+def create_work_dir(root: Path, subdirs: tuple[str, ...] = SUBDIRS) -> Path:
     """A fresh folder for this process below ``root``, after removing those of replicas that are gone."""
     root.mkdir(parents=True, exist_ok=True)
     for entry in root.iterdir():
@@ -60,7 +60,7 @@ def create_work_dir(root: Path) -> Path:
     staging.mkdir()
     fd = os.open(staging / _OWNER, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    for sub in SUBDIRS:
+    for sub in subdirs:
         (staging / sub).mkdir()
     work = root / name
     staging.rename(work)  # visible only once locked

@@ -1,4 +1,4 @@
-"""/v1/builds/{id}: the state of a build."""
+"""/v1/builds/{id}: the state of a build, wherever it runs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,11 @@ router = APIRouter(prefix="/v1/builds", tags=["builds"])
 async def get_build(
     build_id: Annotated[str, Path(max_length=64, description="from POST /v1/kernels")], ctx: Ctx, _auth: ReadScope
 ) -> BuildStatus:
-    record = ctx.builds.get(build_id)
-    if record is None:
-        raise HTTPException(404, f"no build {build_id!r} (finished builds are kept for an hour, by the replica that ran them, and are gone after a restart)")
-    return BuildStatus(**record.to_dict())
+    """Answered by any HTTP worker or replica on the store: from this process's record of the build,
+    else from the record its process published to the store (builds/shared_records.py)."""
+    status = await ctx.builds.status(build_id)
+    if status is None:
+        raise HTTPException(
+            404, f"no build {build_id!r} (finished builds are kept for an hour; a build whose service process "
+                 "stopped, or that never existed, is not known: POST its spec again)")
+    return BuildStatus(**status)

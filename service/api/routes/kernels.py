@@ -115,7 +115,7 @@ async def request_kernels(
         return Response(cached.body, media_type="application/json", headers={"ETag": cached.etag})
     ctx.metrics.misses.inc()
     have = targets_of(manifest) if manifest else set()
-    record, _ = ctx.builds.request(spec, [t for t in targets if t not in have])
+    record, _ = await ctx.builds.request(spec, [t for t in targets if t not in have])
     if not wait:
         return _accepted(record, spec.key)
     try:

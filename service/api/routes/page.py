@@ -89,7 +89,7 @@ async def status_page(
             'with the read scope (as the password; any user name). <a href="/">Back to the status page</a>.</p>',
             status_code=401, headers={**_HEADERS, "WWW-Authenticate": _REALM},
         )
-    activity = ctx.builds.activity()  # on the event loop, where build records change
+    activity = await ctx.builds.activity()  # every worker's and replica's builds (shared records)
     overview = await asyncio.to_thread(gather, ctx, activity)
     html = render_status_page(overview, details=details, auth="tokens" if ctx.tokens.enabled else "localhost-only",
                               note=note)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, HTTPException, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ...overview import Overview, gather
 from ...schemas import Health, Stats, TargetStats, Versions
@@ -25,7 +25,7 @@ def stats_of(overview: Overview) -> Stats:
         builds_succeeded=overview.builds_succeeded,
         builds_failed=overview.builds_failed,
         builds_in_flight=len(overview.builds.in_flight),
-        builds_failed_last_hour=len(overview.builds.recent_failures),
+        builds_failed_last_hour=overview.builds.failures_in_window,
         kernels=overview.kernels,
         bytes=overview.bytes,
         max_bytes=overview.max_bytes,
@@ -40,7 +40,7 @@ def stats_of(overview: Overview) -> Stats:
 @router.get("/v1/stats", response_model=Stats, responses=errors(*AUTH_ERRORS, 503),
             summary="Hits, misses and hit rate, builds, store size and limit, kernels per target, versions")
 async def get_stats(ctx: Ctx, _auth: ReadScope) -> Stats:
-    activity = ctx.builds.activity()  # on the event loop, where build records change
+    activity = await ctx.builds.activity()  # every worker's and replica's builds (shared records)
     return stats_of(await asyncio.to_thread(gather, ctx, activity))
 
 
@@ -57,7 +57,7 @@ async def get_version() -> Versions:
                        **errors(*AUTH_ERRORS)})
 async def get_metrics(ctx: Ctx, _auth: ReadScope) -> Response:
     ctx.metrics.fold_fast_reads()  # on the event loop, where the fast path counts
-    data = await asyncio.to_thread(generate_latest, ctx.metrics.registry)
+    data = await asyncio.to_thread(ctx.metrics.exposition)  # every worker's counters, the store's size
     return Response(data, media_type=CONTENT_TYPE_LATEST)
 
 
