@@ -178,10 +178,14 @@ def run_one(args: argparse.Namespace, workers: int, tmp_path: Path) -> list[dict
                     for connections in (16, 64):
                         wrk(service_url, connections, 2)  # warm-up (every worker's cache fills)
                         load = os.getloadavg()[0]
-                        # /metrics counts one worker (the one that answers the scrape): one worker only
-                        fast_before = fast_reads(server.url) if workers == 1 else None
+                        # /metrics sums every worker's counts; with several, each folds its fast-path
+                        # counts into the shared counters once a second (flexsn_service/main.py)
+                        settle = 1.5 if workers > 1 else 0.0
+                        time.sleep(settle)
+                        fast_before = fast_reads(server.url)
                         svc = wrk(service_url, connections, args.seconds)
-                        fast = fast_reads(server.url) - fast_before if fast_before is not None else None
+                        time.sleep(settle)
+                        fast = fast_reads(server.url) - fast_before
                         ngx = wrk(nginx_url, connections, args.seconds)
                         ceiling = None
                         if args.ceiling and workers == args.http_workers[0]:
