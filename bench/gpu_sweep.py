@@ -18,7 +18,8 @@ Sections:
            fp32 / bf16 / fp16, for every candidate config of :data:`CANDIDATES`
            pinned through the manifest's tuning table (block x warps, PREFETCH
            on/off, persistent grids ``-gK`` = at most K programs per SM), and
-           SpikingJelly's LIFNode on the same input.
+           SpikingJelly's LIFNode on the same input; ``copy_same_bytes`` is torch's copy of as
+           many bytes as the kernel moves, for how close a kernel that short can get.
 ``train``  the training kernels alone (forward + backward through
            ``run_forward``/``run_backward``), T=8, N=2^24, fp32 and bf16, per
            candidate config, in both backward modes (``stored``: the save plan;
@@ -313,6 +314,18 @@ def section_infer(ctx: Ctx, variants: Variants, copy_bw: float) -> None:
                         if graph_ms:
                             rec.update(graph_ms=round(graph_ms, 4),
                                        graph_bw_fraction=_fraction(moved, graph_ms, copy_bw))
+                with recorded(ctx, {**base, "impl": "copy_same_bytes"}) as rec:
+                    # torch's copy of as many bytes as the kernel moves: what a kernel this short can
+                    # reach at all (the reference above is a 1 GiB copy, which has no ramp or tail)
+                    src = torch.empty(moved // (2 * size), device=ctx.device, dtype=dtype)
+                    dst = torch.empty_like(src)
+                    copied = 2 * src.numel() * size
+                    ms = ctx.time_ms(lambda src=src, dst=dst: dst.copy_(src))
+                    rec.update(ms=round(ms, 4), bw_fraction=_fraction(copied, ms, copy_bw))
+                    graph_ms = ctx.time_ms_graph(lambda src=src, dst=dst: dst.copy_(src))
+                    if graph_ms:
+                        rec.update(graph_ms=round(graph_ms, 4), graph_bw_fraction=_fraction(copied, graph_ms, copy_bw))
+                    del src, dst
                 with recorded(ctx, {**base, "impl": "sj_lifnode"}) as rec:
                     node = _lifnode().to(ctx.device)
 
@@ -497,9 +510,10 @@ def tables(records: list[dict]) -> str:
                          *[_val(by.get(c), "bw_fraction", ".3f") for c in cols]])
         out.append(_table(rows))
         ours = [c for c in cols if any(r.get("config") == c for r in infer)]
+        ours += [c for c in cols if c == "copy_same_bytes"]
         rows = [["inference bw / copy, CUDA graph (kernel time only)", *ours]]
         for key in dict.fromkeys((r["dtype"], r["T"], r["N"]) for r in infer):
-            by = {r.get("config"): r for r in infer if (r["dtype"], r["T"], r["N"]) == key}
+            by = {(r.get("config") or r["impl"]): r for r in infer if (r["dtype"], r["T"], r["N"]) == key}
             rows.append([f"{key[0]} T={key[1]} N=2^{key[2].bit_length() - 1}",
                          *[_val(by.get(c), "graph_bw_fraction", ".3f") for c in ours]])
         out.append(_table(rows))

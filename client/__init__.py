@@ -17,7 +17,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import ServiceAPI, SpecRejectedError
+    from .api import ServiceAPI
+    from .errors import SpecRejectedError
     from .cache import KernelCacheClient
     from .provider import KernelCacheWarning, RemoteProvider, remote_provider
     from .settings import ClientSettings
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "KernelCacheClient": ".cache",
     "ServiceAPI": ".api",
-    "SpecRejectedError": ".api",
+    "SpecRejectedError": ".errors",
     "KernelCacheWarning": ".provider",
     "RemoteProvider": ".provider",
     "remote_provider": ".provider",

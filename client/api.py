@@ -49,12 +49,14 @@ from flexsn_core.errors import (
     UnsupportedOpError,
 )
 
+from .errors import BuildUnknownError, SpecRejectedError, UnexpectedAnswerError
+
 if TYPE_CHECKING:  # a spec is only read here (spec.to_dict()); ls and stats must not import torch
     from flexsn_core.spec import KernelSpec
 
 __all__ = [
     "ServiceAPI", "SpecRejectedError", "DEFAULT_TIMEOUT", "DEFAULT_UNAVAILABLE_S", "DEFAULT_BUILD_WAIT_S",
-    "build_error", "UnexpectedAnswerError", "VERSION_FIELDS",
+    "build_error", "UnexpectedAnswerError", "BuildUnknownError", "VERSION_FIELDS",
 ]
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -62,14 +64,6 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 DEFAULT_UNAVAILABLE_S = 60.0
 #: the longest wait for one build (FLEXSN_CACHE_BUILD_WAIT_S): the service's own build limit is 300 s
 DEFAULT_BUILD_WAIT_S = 900.0
-
-
-class SpecRejectedError(FlexSNError, ValueError):
-    """The service refused the spec or its source (HTTP 422)."""
-
-
-class UnexpectedAnswerError(CacheUnavailableError):
-    """The URL answered, but not as a flexsn-cache service does (wrong path, another server, a proxy's page)."""
 
 
 #: the fields of ``GET /v1/version`` a client relies on (a server without them is not flexsn-cache)
@@ -110,11 +104,6 @@ def build_error(detail: dict[str, Any], url: str) -> FlexSNError:
         + ("\n" + "\n".join(tail[-10:]) if tail else ""),
         build_id=detail.get("build_id"), user_error=bool(user), error_type=error_type or None, log_tail=tail,
     )
-
-
-class BuildUnknownError(BuildFailedError):
-    """The service asked does not know this build id: another replica or HTTP worker started
-    it (a load balancer in front, ``--http-workers`` > 1) and build records are per process."""
 
 
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)

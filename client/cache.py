@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,9 +33,11 @@ from flexsn_core.manifest import TuningChoice, restrict_targets, targets_of
 from flexsn_core.runtime import KernelSet
 from flexsn_core.spec import KernelSpec
 
-from .api import BuildUnknownError, ServiceAPI
-from .progress import build_line, progress_console
+from .errors import BuildUnknownError
 from .settings import ClientSettings
+
+if TYPE_CHECKING:  # httpx (through .api) is imported when the service is first called, not on a local hit
+    from .api import ServiceAPI
 
 __all__ = ["KernelCacheClient"]
 
@@ -47,6 +49,8 @@ _pools_lock = threading.Lock()
 
 def shared_api(url: str, token: str | None) -> ServiceAPI:
     """One connection pool (and one view of the service's availability) per (service, token) per process."""
+    from .api import ServiceAPI
+
     key = (url.rstrip("/"), token)
     with _pools_lock:
         api = _pools.get(key)
@@ -106,7 +110,15 @@ class KernelCacheClient:
         self.token = token if token is not None else settings.token
         root = Path(local_dir) if local_dir is not None else settings.cache_dir()
         self.mirror = LocalStore(root / "artifacts")
-        self.api = api if api is not None else (shared_api(self.url, self.token) if self.url else None)
+        self._api = api
+
+    @property
+    def api(self) -> ServiceAPI | None:
+        """The service's API, None without a URL. Made on first use: a warm node whose mirror has
+        every kernel never imports the HTTP stack (about 0.2 s of a warm start)."""
+        if self._api is None and self.url:
+            self._api = shared_api(self.url, self.token)
+        return self._api
 
     # ------------------------------------------------------------ blobs
     def _require_api(self) -> ServiceAPI:
@@ -230,6 +242,8 @@ class KernelCacheClient:
 
     def _wait(self, build_id: str, progress: bool | None | Callable[[dict[str, Any]], None], what: str) -> None:
         api = self._require_api()
+        from .progress import build_line, progress_console  # rich: only while waiting on a build
+
         if callable(progress):
             api.wait_for_build(build_id, on_progress=progress)
             return

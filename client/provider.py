@@ -38,8 +38,8 @@ from flexsn_core.local import kernels_for
 from flexsn_core.runtime import KernelSet
 from flexsn_core.spec import KernelSpec
 
-from .api import SpecRejectedError
 from .cache import KernelCacheClient
+from .errors import SpecRejectedError
 
 __all__ = ["RemoteProvider", "remote_provider", "remote_cache_provider", "KernelCacheWarning", "user_stacklevel"]
 

@@ -99,7 +99,7 @@ _FRESH_PROCESS = textwrap.dedent(
         m(x).sum().backward()
     cache_warnings = [str(w.message) for w in caught if w.category.__name__ == "KernelCacheWarning"]
     print(json.dumps({{"counters": counters(), "warnings": cache_warnings,
-                      "grad_ok": bool(torch.isfinite(x.grad).all())}}))
+                      "grad_ok": bool(torch.isfinite(x.grad).all()), "httpx_imported": "httpx" in sys.modules}}))
     """
 )
 
@@ -128,6 +128,8 @@ def test_fresh_process_gets_kernels_without_building(server: Server, tmp_path: P
     offline = _fresh_process(dead, tmp_path / "empty-mirror")
     assert offline["counters"]["local_hits"] >= 1 and offline["counters"]["remote_hits"] == 0
     assert offline["warnings"] == [] and offline["grad_ok"]
+    # A local hit never loads the HTTP stack (0.2 s of a warm start); the remote hit needed it.
+    assert result["httpx_imported"] and not offline["httpx_imported"]
 
 
 def test_unreachable_service_falls_back_with_one_warning(fresh_mirror: Path) -> None:
