@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from flexsn_core.artifacts import generate, sha256_hex
 from flexsn_core.counters import bump
 from flexsn_core.errors import ArtifactError, BuildFailedError, CacheUnavailableError, IntegrityError
 from flexsn_core.local import LocalStore, local_target
 from flexsn_core.manifest import TuningChoice, restrict_targets, targets_of
 from flexsn_core.runtime import KernelSet
 from flexsn_core.spec import KernelSpec
+from flexsn_core.store import sha256_hex
 
 from .errors import BuildUnknownError
 from .settings import ClientSettings
@@ -299,6 +299,8 @@ class KernelCacheClient:
         if manifest is None:
             raise BuildFailedError(f"the kernel cache has no kernels for {spec.entry} ({spec.key[:16]}…)")
         if device.type == "cpu":
+            from flexsn_core.artifacts import generate  # code generation: only the interpreter needs it
+
             # Never run source received from the service: regenerate and compare.
             ks = KernelSet(manifest, generated=generate(spec))
         else:

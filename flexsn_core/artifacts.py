@@ -12,7 +12,6 @@ checks it against ``manifest["source"]["sha256"]``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -28,6 +27,7 @@ from .errors import ArtifactError, IntegrityError
 from .ir import dumps_ir, generate_from_ir, trace_to_ir
 from .manifest import MANIFEST_FORMAT, merge_manifests, referenced_blobs, validate_manifest
 from .spec import KernelSpec, triton_version
+from .store.base import sha256_hex
 
 __all__ = [
     "MANIFEST_FORMAT",
@@ -46,10 +46,6 @@ merge_binaries = merge_manifests
 DEFAULT_TARGETS: tuple[str, ...] = ("cuda:80", "cuda:90")
 
 Progress = Callable[[str, int, int], None]
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass

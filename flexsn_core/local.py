@@ -20,7 +20,6 @@ import threading
 
 import torch
 
-from .artifacts import build_artifacts, generate
 from .compile import default_configs
 from .counters import bump
 from .errors import ArtifactError
@@ -67,7 +66,11 @@ def kernels_for(spec: KernelSpec, device: torch.device, *, store: LocalStore | N
         ks = _memo.get(memo_key)
     if ks is not None:
         return ks
+    # Tracing and code generation (.artifacts) are imported only to build: a GPU node whose store
+    # has the kernels (a local hit, or the client's mirror, which shares LocalStore) never pays them.
     if device.type == "cpu":
+        from .artifacts import build_artifacts, generate
+
         if not interpreter_enabled():
             raise ArtifactError("FlexSN Triton kernels run on CPU tensors only with TRITON_INTERPRET=1")
         gen = generate(spec)
@@ -80,6 +83,8 @@ def kernels_for(spec: KernelSpec, device: torch.device, *, store: LocalStore | N
         if manifest is not None and target in targets_of(manifest):
             bump("local_hits")
         else:
+            from .artifacts import build_artifacts
+
             # blobs first, then the manifest merged with what another process may have stored meanwhile
             artifact = build_artifacts(spec, targets=(target,), configs=default_configs(spec.torch_dtype))
             manifest = store.put(artifact)

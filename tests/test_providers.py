@@ -63,6 +63,22 @@ def test_remote_cache_comes_from_the_clients_entry_point(registry) -> None:  # n
     assert providers.provider_names()[:2] == ("triton", "inductor") and "remote-cache" in providers.provider_names()
 
 
+def test_the_remote_cache_provider_loads_no_http_stack_and_no_code_generation() -> None:
+    """What a GPU node's local hit imports on top of FlexSN: neither httpx (a remote call loads it)
+    nor tracing and code generation (a local build loads them): 0.2-0.3 s of a warm start."""
+    result = _run(
+        """
+        import json, sys, torch
+        from flexsn_core import FlexSN
+        before = set(sys.modules)
+        import flexsn_client.provider
+        heavy = ("httpx", "rich", "flexsn_core.artifacts", "flexsn_core.ir", "flexsn_client.api")
+        print(json.dumps(sorted(name for name in set(sys.modules) - before if name.startswith(heavy))))
+        """
+    )
+    assert result == []
+
+
 def test_remote_cache_is_found_without_listing_every_installed_package(registry, monkeypatch) -> None:  # noqa: ANN001
     """Listing the group reads every distribution's metadata (0.1 s of a warm start on a GPU node);
     the known provider is read from its own distribution."""

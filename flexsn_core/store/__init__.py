@@ -12,9 +12,9 @@ implements the same interface; ``tests/store_contract.py`` runs against each.
 
 from __future__ import annotations
 
-from .base import ArtifactStore
+from .base import ArtifactStore, sha256_hex
 from .errors import CorruptEntry, StoreError
 from .files import FileStore
 from .maintenance import GcReport, ManifestInfo, VerifyReport
 
-__all__ = ["ArtifactStore", "FileStore", "StoreError", "CorruptEntry", "ManifestInfo", "VerifyReport", "GcReport"]
+__all__ = ["ArtifactStore", "sha256_hex", "FileStore", "StoreError", "CorruptEntry", "ManifestInfo", "VerifyReport", "GcReport"]

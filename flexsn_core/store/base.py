@@ -50,9 +50,14 @@ if TYPE_CHECKING:
     from ..manifest import TuningChoice
     from .maintenance import GcReport, ManifestInfo, VerifyReport
 
-__all__ = ["ArtifactStore"]
+__all__ = ["ArtifactStore", "sha256_hex"]
 
 logger = logging.getLogger("flexsn_core.store")
+
+
+def sha256_hex(data: bytes) -> str:
+    """A blob's name: the hex sha256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()
 
 
 class ArtifactStore(ABC):
@@ -125,7 +130,7 @@ class ArtifactStore(ABC):
     # ------------------------------------------------------------- blobs
     def put_blob(self, sha: str, data: bytes) -> None:
         """Store ``data`` under ``sha``; IntegrityError if the bytes hash to something else."""
-        if hashlib.sha256(data).hexdigest() != sha:
+        if sha256_hex(data) != sha:
             raise IntegrityError(f"refusing blob {sha[:16]}…: its bytes hash to something else")
         if not self.blob_intact(sha):  # absent, or damaged and just dropped: write it (again)
             self._write_blob(sha, bytes(data))
@@ -139,7 +144,7 @@ class ArtifactStore(ABC):
             return None
         if data is None:
             return None
-        if hashlib.sha256(data).hexdigest() != sha:
+        if sha256_hex(data) != sha:
             self._drop_blob(sha, "its bytes do not match its sha256")
             return None
         return data
